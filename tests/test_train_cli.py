@@ -1,0 +1,179 @@
+"""train.py end to end, in process (fast): the default run, seeding, resume, plug-in modules,
+and the one-line errors for bad options."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from tests.conftest import base_args
+
+TINY = [
+    "--max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+]
+
+
+def only_run_dir(logs: Path, name: str = "digits") -> Path:
+    runs = sorted((logs / name).glob("version_*"))
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY])
+
+    assert cli.trainer.global_step == 3
+    assert "test/acc" in cli.trainer.callback_metrics  # test ran after fit
+    run = only_run_dir(run_dir / "logs")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_checkpoint"].startswith(str(run / "checkpoints"))
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
+    out = capsys.readouterr().out
+    assert "Run summary" in out
+    assert f"tensorboard --logdir {run.parent}" in out
+    assert "best checkpoint" in out
+
+
+def test_same_seed_gives_identical_weights_and_seed_is_saved_in_run_config(
+    run_dir: Path, digits_root: Path
+) -> None:
+    states = []
+    for name in ("a", "b"):
+        logs = run_dir / name
+        train.main([*base_args(digits_root, logs), *TINY, "--seed=3"])
+        run = only_run_dir(logs)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["seed_everything"] == 3
+        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        states.append(last["state_dict"])
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+class CrashInSecondEpoch(__import__("lightning").pytorch.Callback):
+    """Simulates a job that dies after its first epoch was checkpointed."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_from_last_continues_the_same_run_and_global_step(
+    run_dir: Path, digits_root: Path
+) -> None:
+    logs = run_dir / "logs"
+    args = [*base_args(digits_root, logs), "--max_epochs=2", "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=2", "--trainer.limit_test_batches=2"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.main([*args, "--trainer.callbacks+=tests.test_train_cli.CrashInSecondEpoch"])
+    run = only_run_dir(logs)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+    cli = train.main([*args, "--ckpt_path=last"])
+
+    assert cli.trainer.global_step == 6  # continued from 3, not restarted from 0
+    assert cli.trainer.current_epoch == 2
+    assert only_run_dir(logs) == run  # same version folder: logs and checkpoints continue
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_resume_with_a_longer_schedule_is_refused_with_advice(
+    run_dir: Path, digits_root: Path
+) -> None:
+    logs = run_dir / "logs"
+    train.main([*base_args(digits_root, logs), *TINY])
+    with pytest.raises(ValueError, match="spans 3 steps but this run has 6"):
+        train.main([*base_args(digits_root, logs), *TINY, "--max_epochs=2", "--ckpt_path=last"])
+
+
+def test_lightning_module_from_outside_the_repo_trains_by_class_path(
+    run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = run_dir / "plugin"
+    plugin.mkdir()
+    (plugin / "my_plugin_module.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn.functional as F
+        from lightning.pytorch import LightningModule
+        from torch import nn
+
+        class TinyMLP(LightningModule):
+            def __init__(self, hidden: int = 16, lr: float = 0.05):
+                super().__init__()
+                self.save_hyperparameters()
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(),
+                                         nn.Linear(hidden, 10))
+
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                return F.cross_entropy(self.net(x), y)
+
+            def validation_step(self, batch, batch_idx):
+                x, y = batch
+                self.log("val/acc", (self.net(x).argmax(1) == y).float().mean())
+
+            def test_step(self, batch, batch_idx):
+                x, y = batch
+                self.log("test/acc", (self.net(x).argmax(1) == y).float().mean())
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    """))
+    monkeypatch.syspath_prepend(str(plugin))
+
+    cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY,
+                      "--model=my_plugin_module.TinyMLP", "--model.hidden=24"])
+
+    assert type(cli.model).__name__ == "TinyMLP"
+    assert cli.model.hparams.hidden == 24
+    assert cli.trainer.global_step == 3
+    assert "test/acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config=does/not/exist.yaml"], "does/not/exist.yaml"),
+        (["--model=no_such_package.Model"], "no_such_package.Model"),
+        (["--no_such_option=1"], "unrecognized arguments: --no_such_option"),
+        (["--max_epochs=many"], 'key "trainer.max_epochs"'),
+    ],
+    ids=["missing-config", "unknown-class-path", "unknown-option", "wrong-type"],
+)
+def test_bad_option_gives_one_line_error_naming_it(
+    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("train.py: error:")
+    assert expected in err
+    assert "Traceback" not in err
+
+
+def test_print_config_shows_the_resolved_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--print_config", "--max_epochs=7"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["trainer"]["max_epochs"] == 7  # the alias reached the trainer
+    assert config["model"]["class_path"] == "models.classifier.ImageClassifier"
+    assert config["model"]["init_args"]["scheduler"]["class_path"].endswith("OneCycleLR")
+    assert config["data"]["class_path"] == "datamodules.digits.DigitsDataModule"

@@ -1,0 +1,159 @@
+"""Train, validate, test or predict any LightningModule + LightningDataModule from YAML.
+
+    python train.py                          # fit the default config, then test the best checkpoint
+    python train.py --devices 2              # the same as real 2-process DDP
+    python train.py --config configs/x.yaml  # compose configs (later files win)
+    python train.py fit|validate|test|predict ...   # one stage, LightningCLI style
+    python train.py --ckpt_path last         # resume the newest run of this config
+
+Configuration is LightningCLI (jsonargparse): every ``__init__`` argument of the model, the
+datamodule and the Trainer is an option, ``--print_config`` shows the resolved config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn
+
+# Lightning's own calls trigger these; they are not actionable for a user of this template.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.run_summary import RunSummary
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# Short options for what people change most. They are rewritten to the full key before parsing,
+# so they are true synonyms: --print_config, the saved config and configs all see only the full
+# key (jsonargparse links would instead forbid setting trainer.devices in a config).
+ALIASES = {
+    "--devices": "--trainer.devices",
+    "--num_nodes": "--trainer.num_nodes",
+    "--max_epochs": "--trainer.max_epochs",
+    "--max_steps": "--trainer.max_steps",
+    "--precision": "--trainer.precision",
+    "--accelerator": "--trainer.accelerator",
+    "--strategy": "--trainer.strategy",
+    "--fast_dev_run": "--trainer.fast_dev_run",
+    "--seed": "--seed_everything",
+}
+ALIAS_HELP = "Short options: " + ", ".join(f"{a} = {t}" for a, t in ALIASES.items()) + "."
+
+
+def expand_aliases(argv: list[str]) -> list[str]:
+    """``--devices 2`` / ``--devices=2`` -> ``--trainer.devices ...``; other tokens untouched."""
+    expanded = []
+    for token in argv:
+        name, sep, value = token.partition("=")
+        expanded.append(ALIASES[name] + sep + value if name in ALIASES else token)
+    return expanded
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad option, config file or class path as one line naming what was wrong,
+    instead of the usage text and jsonargparse's nested report of every Union alternative.
+    ``JSONARGPARSE_DEBUG=1`` restores the full report with a traceback."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+            super().error(message, ex)
+        sys.stderr.write(f"train.py: error: {condense_error(message)} "
+                         "(python train.py --help lists the options)\n")
+        sys.exit(2)
+
+
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
+          "Expected a <class 'NoneType'>", "Expected a path but ")
+
+
+def condense_error(message: str, max_parts: int = 4) -> str:
+    """Keep the lines of a jsonargparse error that say what is wrong, joined on one line."""
+    parts = []
+    for line in message.splitlines():
+        line = line.strip().removeprefix("- ").strip()
+        if line and not line.startswith(_NOISE) and line not in parts:
+            parts.append(line)
+    text = " ".join(parts[:max_parts])
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+class TemplateCLI(LightningCLI):
+    """LightningCLI with the default config, one-line errors, a forced ModelCheckpoint
+    (``--checkpoint.*``) and ``--ckpt_path last`` resolved to the newest run's ``last.ckpt``."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        self.parser_class = OneLineErrorParser
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # Parse the explicit argv list given by main(); LightningCLI's own version warns when
+        # both that list and sys.argv are present, which is always the case here.
+        self.config = parser.parse_args(args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            resolve_last_checkpoint(self.config[subcommand])
+
+
+def resolve_last_checkpoint(config: Any) -> None:
+    """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
+    logger write into that run's version folder, so a resumed run continues the same logs and
+    checkpoints instead of starting a new version that has no ``last.ckpt``."""
+    logger = config.get("trainer.logger")
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or "save_dir" not in init_args:
+        return
+    runs = Path(init_args.save_dir) / (init_args.get("name") or "")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            warnings.warn(f"--ckpt_path last: no last.ckpt under {runs}; starting from scratch.",
+                          stacklevel=1)
+            config["ckpt_path"] = None
+            return
+        ckpt_path = str(candidates[-1])
+        config["ckpt_path"] = ckpt_path
+    if ckpt_path and init_args.get("version") is None:
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        if run_dir.parent == runs.resolve():
+            init_args["version"] = run_dir.name
+
+
+def main(args: list[str] | None = None) -> TemplateCLI:
+    argv = list(sys.argv[1:] if args is None else args)
+    # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
+    # with the same argv, so every rank takes the same decision.
+    fit_then_test = not argv or argv[0] not in SUBCOMMANDS
+    if fit_then_test:
+        argv.insert(0, "fit")
+    argv = expand_aliases(argv)
+    defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "epilog": ALIAS_HELP}
+    cli = TemplateCLI(
+        args=argv,
+        parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": [RunSummary()]},  # always added, whatever the config
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+    )
+    trainer = cli.trainer
+    if fit_then_test and not trainer.interrupted and trainer.state.finished:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunSummary):
+            callback.report(trainer)
+    return cli
+
+
+if __name__ == "__main__":
+    main()
