@@ -53,6 +53,8 @@ class RunSummary(Callback):
             "monitor": getattr(checkpoint, "monitor", None),
             "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
             "log_dir": log_dir,
+            "world_size": trainer.world_size,
+            "strategy": type(trainer.strategy).__name__,
         }
 
     def report(self, trainer: Trainer, console: Console | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,25 +11,30 @@ import numpy as np
 def stratified_split(
     labels: Sequence[object], fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return (kept, held_out) row indices with ``fraction`` of every class held out.
+    """Return (kept, held_out) row indices with ``fraction`` of the rows held out per class.
 
-    Each class contributes ``round(fraction * count)`` rows (at least one when the class has
-    two or more rows and ``fraction > 0``), so rare classes appear on both sides. The draw
-    depends only on ``seed``, never on the global RNG: the test set stays the same whatever
-    training seed is used.
+    As in scikit-learn, ``ceil(fraction * n)`` rows are held out in total; each class gets its
+    proportional share (largest remainders get the leftover rows), and every class with two or
+    more rows keeps at least one row on each side. The draw depends only on ``seed``, never on
+    the global RNG, so the test set stays the same whatever training seed is used.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"split fraction must be in [0, 1), got {fraction}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    held_out: list[np.ndarray] = []
-    for value in np.unique(labels):
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = fraction * counts
+    take = np.floor(quotas).astype(int)
+    leftover = math.ceil(fraction * len(labels)) - take.sum()
+    by_remainder = np.argsort(-(quotas - take), kind="stable")
+    take[by_remainder[:leftover]] += 1
+    if fraction > 0:
+        take = np.where(counts >= 2, np.clip(take, 1, counts - 1), take)
+
+    held_out = []
+    for value, n in zip(classes, take, strict=True):
         rows = np.flatnonzero(labels == value)
-        rng.shuffle(rows)
-        n = round(fraction * len(rows))
-        if fraction > 0 and len(rows) >= 2:
-            n = min(max(n, 1), len(rows) - 1)
-        held_out.append(rows[:n])
+        held_out.append(rng.permutation(rows)[:n])
     held = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=int)
     kept = np.setdiff1d(np.arange(len(labels)), held)
     return kept, held
