@@ -1,0 +1,35 @@
+"""The default configuration, unchanged, reaches the accuracy the README promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import base_args, run_train_subprocess
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_run_reaches_99_percent_test_accuracy(tmp_path: Path, digits_root: Path) -> None:
+    result = run_train_subprocess(["--seed=0", *base_args(digits_root, tmp_path / "logs")],
+                                  cwd=tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (summary_file,) = (tmp_path / "logs" / "digits").glob("version_*/summary.json")
+    metrics = json.loads(summary_file.read_text())["metrics"]
+    assert metrics["test/acc"] >= 0.99, metrics
+
+
+@pytest.mark.ddp
+def test_default_run_on_two_ddp_ranks_reaches_98_5_percent(
+    tmp_path: Path, digits_root: Path
+) -> None:
+    result = run_train_subprocess(
+        ["--devices=2", "--seed=0", *base_args(digits_root, tmp_path / "logs")], cwd=tmp_path
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    (summary_file,) = (tmp_path / "logs" / "digits").glob("version_*/summary.json")
+    summary = json.loads(summary_file.read_text())
+    assert summary["world_size"] == 2
+    assert summary["metrics"]["test/acc"] >= 0.985, summary["metrics"]
