@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.run_summary import RunSummary
+from datamodules.validation import DataError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -103,6 +104,27 @@ class TemplateCLI(LightningCLI):
             resolve_last_checkpoint(self.config[subcommand])
 
 
+    # Data is read and checked before the Trainer runs: bad input then fails here, in the main
+    # process, before any logger or checkpoint folder exists. Lightning's own prepare_data /
+    # setup calls later find the work done (setup is idempotent).
+    def before_fit(self) -> None:
+        self.check_data("fit")
+
+    def before_validate(self) -> None:
+        self.check_data("validate")
+
+    def before_test(self) -> None:
+        self.check_data("test")
+
+    def check_data(self, stage: str) -> None:
+        datamodule = self.datamodule
+        if datamodule is None:
+            return
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # prepare_data is once per node
+            datamodule.prepare_data()
+        datamodule.setup(stage)
+
+
 def resolve_last_checkpoint(config: Any) -> None:
     """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
     logger write into that run's version folder, so a resumed run continues the same logs and
@@ -137,14 +159,20 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         argv.insert(0, "fit")
     argv = expand_aliases(argv)
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "epilog": ALIAS_HELP}
-    cli = TemplateCLI(
-        args=argv,
-        parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [RunSummary()]},  # always added, whatever the config
-        seed_everything_default=0,
-        auto_configure_optimizers=False,
-    )
+    try:
+        cli = TemplateCLI(
+            args=argv,
+            parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": [RunSummary()]},  # always added, whatever the config
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+        )
+    except DataError as error:
+        # Raised while the datamodule sets up, before any training step or run folder: the
+        # message names the file/row/option, a traceback into Lightning would only hide it.
+        sys.stderr.write(f"train.py: error: {error}\n")
+        sys.exit(2)
     trainer = cli.trainer
     if fit_then_test and not trainer.interrupted and trainer.state.finished:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -8,77 +8,88 @@ and then go through a ``torchvision.transforms.v2`` pipeline.
 
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from datamodules.splits import stratified_split
+from datamodules.base import ClassificationDataModule, targets_tensor
+from datamodules.validation import (
+    DEFAULT_MAX_PIXELS,
+    DataError,
+    Problem,
+    check_image_file,
+    load_image,
+)
 
+log = logging.getLogger(__name__)
 ReadMode = Literal["GRAY", "RGB", "UNCHANGED"]
-SPLITS = ("train", "val", "test")
+Validation = Literal["full", "header", "off"]
+CHANNELS = {"GRAY": 1, "RGB": 3}
 
 
 class ImageCSVDataset(Dataset):
-    """(image, target) pairs from a list of files; ``target`` is -1 where there is no label."""
+    """(image, target) pairs from a list of files; ``target`` is -1 where there is no label.
+
+    With ``cache`` (decoded uint8 images, one per path) no file is opened at all.
+    """
 
     def __init__(
         self,
-        paths: Sequence[Path],
-        targets: Sequence[int] | None = None,
+        paths: Sequence[Path | str],
+        targets: np.ndarray | None = None,
         read_mode: ReadMode = "RGB",
         transform: Callable[[Tensor], Tensor] | None = None,
+        cache: list[Tensor] | None = None,
     ) -> None:
-        self.paths = [str(p) for p in paths]
-        self.targets = torch.as_tensor(targets if targets is not None else [-1] * len(paths))
+        self.paths = [Path(p) for p in paths]
+        self.targets = targets_tensor(targets, len(self.paths))
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = decode_image(self.paths[index], mode=self.mode)
+        image = self.cache[index] if self.cache is not None else load_image(self.paths[index],
+                                                                           self.mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
 
 
-def default_num_workers() -> int:
-    """One loader worker per CPU this process may use, shared between DDP ranks on a node."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(0, min(8, (cpus or 1) // ranks))
-
-
-class ImageCSVDataModule(LightningDataModule):
+class ImageCSVDataModule(ClassificationDataModule):
     """Train/val/test loaders over an annotations table and an image folder.
 
     Args:
         annotations: table with one row per image (``.csv``, ``.tsv``, ``.parquet``, ``.json``).
-        image_root: folder the paths are relative to; defaults to the table's folder.
-        path_column / label_column: column names in the table.
-        split_column: optional column with ``train`` / ``val`` / ``test`` per row; without it
-            the rows are split with a seeded stratified split.
-        test_fraction / val_fraction: the test share of all rows, then the validation share of
-            the rest (only used without ``split_column``).
-        split_seed: seed of that split, separate from the training seed so every training seed
-            is scored on the same test set.
-        read_mode: ``GRAY`` (1 channel), ``RGB`` (3) or ``UNCHANGED`` (as stored).
+        image_root: folder the paths are relative to; defaults to the table's folder. Paths that
+            resolve outside it (``../``, absolute paths elsewhere) are refused.
+        path_column: column with the image paths.
+        read_mode: ``GRAY`` (1 channel), ``RGB`` (3) or ``UNCHANGED`` (as stored). Gray, RGBA
+            and 16-bit files are all converted to this, as uint8.
         train_transforms / eval_transforms: ``torchvision.transforms.v2`` pipelines on uint8
-            CHW tensors; the eval one is used for validation, test and predict.
-        batch_size: per device (the global batch is ``batch_size * devices * num_nodes``).
-        num_workers: loader processes; ``None`` picks one per available CPU (split across
-            the ranks on a node).
+            CHW tensors, per image; the eval one is used for validation and test. Without them
+            images become float32 in [0, 1].
+        validate_images: ``full`` decodes every image before training (catches truncated
+            files), ``header`` only checks the file exists, is an image and its size, ``off``
+            checks nothing (broken files then fail inside a loader worker).
+        max_pixels: images whose header claims more pixels are refused (decompression bombs).
+        cache_images: decode every image once, in the main process, and keep the uint8 tensors
+            in memory: no file is opened while training. Pair it with batch transforms.
+        cache_max_gb: refuse to cache (with a message) when the decoded images would need more.
+        **kwargs: split, sampler, loader and batch-transform options of
+            :class:`~datamodules.base.ClassificationDataModule`.
     """
 
     def __init__(
@@ -86,124 +97,109 @@ class ImageCSVDataModule(LightningDataModule):
         annotations: str | Path,
         image_root: str | Path | None = None,
         path_column: str = "path",
-        label_column: str = "label",
-        split_column: str | None = None,
-        test_fraction: float = 0.2,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
         read_mode: ReadMode = "RGB",
         train_transforms: v2.Transform | None = None,
         eval_transforms: v2.Transform | None = None,
-        batch_size: int = 64,
-        num_workers: int | None = None,
+        validate_images: Validation = "full",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_images: bool = False,
+        cache_max_gb: float = 4.0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["train_transforms", "eval_transforms"])
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["train_transforms", "eval_transforms",
+                                          "train_batch_transforms", "eval_batch_transforms"])
         self.annotations = Path(annotations)
-        self.image_root = Path(image_root) if image_root is not None else None
-        # Without transforms, images still reach the model as floats in [0, 1].
-        self.eval_transforms = eval_transforms or v2.ToDtype(torch.float32, scale=True)
-        self.train_transforms = train_transforms or self.eval_transforms
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.class_names: list[str] = []
-        self.datasets: dict[str, ImageCSVDataset] = {}
+        self.image_root = Path(image_root) if image_root is not None else self.annotations.parent
+        self.path_column = path_column
+        self.read_mode = read_mode
+        # Without any transforms images still reach the model as floats in [0, 1]; with batch
+        # transforms the loader yields uint8 and the conversion is theirs to do, on the device.
+        to_float = v2.ToDtype(torch.float32, scale=True)
+        self.train_transforms = train_transforms or (
+            None if self.train_batch_transforms else to_float)
+        self.eval_transforms = eval_transforms or (None if self.eval_batch_transforms else to_float)
+        self.validate_images = validate_images
+        self.max_pixels = max_pixels
+        self.cache_images = cache_images
+        self.cache_max_gb = cache_max_gb
+        self._cache: dict[Path, Tensor] = {}
 
-    # -- reading the table -------------------------------------------------------------------
-    def read_table(self) -> pd.DataFrame:
+    @property
+    def source(self) -> str:
+        return str(self.annotations)
+
+    def load_table(self) -> pd.DataFrame:
         if not self.annotations.is_file():
-            raise FileNotFoundError(f"annotations file not found: {self.annotations}")
-        readers = {".parquet": pd.read_parquet, ".json": pd.read_json, ".tsv": _read_tsv}
-        table = readers.get(self.annotations.suffix.lower(), pd.read_csv)(self.annotations)
-        needed = [self.hparams.path_column, self.hparams.label_column]
-        if self.hparams.split_column:
-            needed.append(self.hparams.split_column)
-        missing = [c for c in needed if c not in table.columns]
-        if missing:
-            raise ValueError(
-                f"{self.annotations}: missing column(s) {missing}; found {list(table.columns)}"
+            raise DataError(f"annotations file not found: {self.annotations}")
+        suffix = self.annotations.suffix.lower()
+        if suffix == ".parquet":
+            return pd.read_parquet(self.annotations)
+        if suffix == ".json":
+            return pd.read_json(self.annotations)
+        try:
+            return pd.read_csv(self.annotations, sep="\t" if suffix == ".tsv" else ",")
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    def required_columns(self) -> list[str]:
+        return [self.path_column, *super().required_columns()]
+
+    def image_paths(self, table: pd.DataFrame) -> list[Path]:
+        return [self.image_root / str(p) for p in table[self.path_column]]
+
+    def row_problems(self, table: pd.DataFrame) -> list[Problem]:
+        paths = self.image_paths(table)
+        if self.validate_images == "off":
+            return []
+        decode = self.validate_images == "full" and not self.cache_images  # the cache decodes
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            issues = pool.map(lambda p: check_image_file(p, self.image_root, decode,
+                                                         self.max_pixels), paths)
+            problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
+        if self.cache_images:
+            bad_rows = {p.row for p in problems}
+            problems += self.fill_cache([p for r, p in enumerate(paths) if r not in bad_rows],
+                                        [r for r in range(len(paths)) if r not in bad_rows])
+        return sorted(problems, key=lambda p: p.row)
+
+    def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
+        """Decode every image once, in this (main) process; workers share the tensors."""
+        self.check_cache_fits(paths)
+        problems = []
+
+        def decode(path: Path) -> Tensor | str:
+            try:
+                return load_image(path, ImageReadMode[self.read_mode])
+            except RuntimeError as error:
+                return f"cannot decode {path} (truncated or corrupt): {str(error).splitlines()[0]}"
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for row, path, image in zip(rows, paths, pool.map(decode, paths), strict=True):
+                if isinstance(image, str):
+                    problems.append(Problem(row, image))
+                else:
+                    self._cache[path] = image
+        return problems
+
+    def check_cache_fits(self, paths: list[Path]) -> None:
+        from PIL import Image
+
+        channels = CHANNELS.get(self.read_mode, 4)
+        needed = 0
+        for path in paths:
+            with Image.open(path) as image:
+                needed += image.size[0] * image.size[1] * channels
+        if needed > self.cache_max_gb * 1e9:
+            raise DataError(
+                f"{self.source}: caching {len(paths)} decoded images needs {needed / 1e9:.1f} GB, "
+                f"more than cache_max_gb={self.cache_max_gb}; set cache_images: false or raise "
+                "cache_max_gb"
             )
-        if table.empty:
-            raise ValueError(f"{self.annotations}: the table has no rows")
-        return table
+        log.info("caching %d images (%.1f MB)", len(paths), needed / 1e6)
 
-    def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Row indices per split: from the split column, or a stratified seeded split."""
-        if self.hparams.split_column:
-            column = table[self.hparams.split_column].astype(str).str.lower()
-            return {s: np.flatnonzero(column == s) for s in SPLITS}
-        labels = table[self.hparams.label_column].astype(str).to_numpy()
-        seed = self.hparams.split_seed
-        rest, test = stratified_split(labels, self.hparams.test_fraction, seed)
-        train, val = stratified_split(labels[rest], self.hparams.val_fraction, seed + 1)
-        return {"train": rest[train], "val": rest[val], "test": test}
-
-    # -- Lightning hooks ---------------------------------------------------------------------
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
-        table = self.read_table()
-        rows = self.split_rows(table)
-        labels = table[self.hparams.label_column]
-        self.class_names = class_names_from(labels.iloc[rows["train"]])
-        index = {name: i for i, name in enumerate(self.class_names)}
-        root = self.image_root or self.annotations.parent
-        paths = table[self.hparams.path_column].astype(str)
-        for split in SPLITS:
-            split_labels = labels.iloc[rows[split]].map(_label_key)
-            unknown = sorted(set(split_labels) - set(index))
-            if unknown:
-                raise ValueError(
-                    f"{self.annotations}: {split} rows have label(s) {unknown[:10]} that are not "
-                    f"in the training split's classes {self.class_names}"
-                )
-            transform = self.train_transforms if split == "train" else self.eval_transforms
-            self.datasets[split] = ImageCSVDataset(
-                [root / p for p in paths.iloc[rows[split]]],
-                [index[k] for k in split_labels],
-                self.hparams.read_mode,
-                transform,
-            )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        workers = self.num_workers
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def state_dict(self) -> dict[str, list[str]]:
-        # Saved in every checkpoint: prediction needs the class order the model was trained on.
-        return {"class_names": list(self.class_names)}
-
-
-def _label_key(value: object) -> str:
-    """Labels compare as strings so 3, "3" and 3.0 read from different files agree."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
-
-
-def class_names_from(labels: pd.Series) -> list[str]:
-    """Sorted class names; integer-like labels sort numerically (2 before 10)."""
-    keys = sorted({_label_key(v) for v in labels})
-    if all(k.lstrip("-").isdigit() for k in keys):
-        keys.sort(key=int)
-    return keys
-
-
-def _read_tsv(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, sep="\t")
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+        paths = self.image_paths(table)
+        transform = self.train_transforms if split == "train" else self.eval_transforms
+        cache = [self._cache[p] for p in paths] if self.cache_images else None
+        return ImageCSVDataset(paths, targets, self.read_mode, transform, cache)

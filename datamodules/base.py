@@ -1,0 +1,289 @@
+"""What every table-driven classification datamodule shares: reading and checking the table,
+splits, the class list, samplers, loaders and batch-level transforms.
+
+A subclass says how to load its table, what is wrong with a row, and how to build a dataset from
+rows; this class does the rest in the same order for every source, so bad input is reported the
+same way (before any training step, in the main process) whatever the data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from datamodules.batch_transforms import apply_to_inputs
+from datamodules.samplers import (
+    EpochSeededSampler,
+    RandomShardSampler,
+    SamplerName,
+    SequentialShardSampler,
+    SubsetRandomShardSampler,
+    WeightedShardSampler,
+    class_balanced_weights,
+)
+from datamodules.splits import stratified_split
+from datamodules.validation import DataError, DataValidationError, Problem
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+
+
+def default_num_workers() -> int:
+    """One loader worker per CPU this process may use, shared between DDP ranks on a node."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(0, min(8, (cpus or 1) // ranks))
+
+
+def label_key(value: object) -> str:
+    """Labels compare as strings so 3, "3" and 3.0 read from different files agree."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def class_names_from(labels: pd.Series) -> list[str]:
+    """Sorted class names; integer-like labels sort numerically (2 before 10)."""
+    keys = sorted({label_key(v) for v in labels})
+    if all(k.lstrip("-").isdigit() for k in keys):
+        keys.sort(key=int)
+    return keys
+
+
+class ClassificationDataModule(LightningDataModule):
+    """Base of the CSV/image-folder and DataFrame datamodules.
+
+    Args:
+        label_column: column with the class of each row (ints or strings).
+        split_column: optional column with ``train`` / ``val`` / ``test`` per row; without it
+            the rows are split with a seeded stratified split.
+        test_fraction / val_fraction: the test share of all rows, then the validation share of
+            the rest (only used without ``split_column``).
+        split_seed: seed of that split, separate from the training seed so every training seed
+            is scored on the same test set.
+        sampler: how training rows are drawn: ``random`` (a new permutation each epoch),
+            ``sequential``, ``weighted`` (class-balanced, or by ``weight_column``) or
+            ``subset_random`` (a fixed ``subset_fraction`` of rows, reshuffled each epoch). All
+            are DDP-safe: the ranks shard one draw made from (seed, epoch).
+        weight_column: per-row sampling weights for ``sampler: weighted``.
+        subset_fraction: share of training rows used by ``sampler: subset_random``.
+        skip_invalid: drop invalid rows (and log how many) instead of failing.
+        batch_size: per device (the global batch is ``batch_size * devices * num_nodes``).
+        num_workers: loader processes; ``None`` picks one per available CPU (split across
+            the ranks on a node).
+        train_batch_transforms / eval_batch_transforms: transforms applied to whole batches
+            after they reach the device (``on_after_batch_transfer``): with cached uint8 images
+            this is where augmentation is cheapest, on the GPU when there is one.
+    """
+
+    def __init__(
+        self,
+        label_column: str = "label",
+        split_column: str | None = None,
+        test_fraction: float = 0.2,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        sampler: SamplerName = "random",
+        weight_column: str | None = None,
+        subset_fraction: float = 1.0,
+        skip_invalid: bool = False,
+        batch_size: int = 64,
+        num_workers: int | None = None,
+        train_batch_transforms: v2.Transform | None = None,
+        eval_batch_transforms: v2.Transform | None = None,
+    ) -> None:
+        super().__init__()
+        self.label_column = label_column
+        self.split_column = split_column
+        self.test_fraction = test_fraction
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.sampler = sampler
+        self.weight_column = weight_column
+        self.subset_fraction = subset_fraction
+        self.skip_invalid = skip_invalid
+        self.batch_size = batch_size
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.train_batch_transforms = train_batch_transforms
+        self.eval_batch_transforms = eval_batch_transforms
+        self.class_names: list[str] = []
+        self.datasets: dict[str, Dataset] = {}
+        self.split_tables: dict[str, pd.DataFrame] = {}
+
+    # -- what a subclass provides -------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """How errors name the data (a file path, or a description)."""
+        raise NotImplementedError
+
+    def load_table(self) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def required_columns(self) -> list[str]:
+        return [self.label_column] + [c for c in (self.split_column, self.weight_column) if c]
+
+    def row_problems(self, table: pd.DataFrame) -> list[Problem]:
+        """What is wrong with individual rows (files, features); checked before splitting."""
+        return []
+
+    def fit_on_train(self, train: pd.DataFrame) -> None:
+        """Learn what must come from the training split only (e.g. feature statistics)."""
+
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+        raise NotImplementedError
+
+    # -- the shared story ---------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = self.checked_table()
+        split_rows = self.split_rows(table)
+        train = table.iloc[split_rows["train"]]
+        self.class_names = class_names_from(train[self.label_column])
+        index = {name: i for i, name in enumerate(self.class_names)}
+        self.check_labels_known(table, split_rows, index)
+        self.fit_on_train(train)
+        for split in SPLITS:
+            rows = table.iloc[split_rows[split]]
+            targets = np.array([index[label_key(v)] for v in rows[self.label_column]],
+                               dtype=np.int64)
+            self.split_tables[split] = rows
+            self.datasets[split] = self.build_dataset(split, rows, targets)
+
+    def checked_table(self) -> pd.DataFrame:
+        table = self.load_table()
+        if table.empty:
+            raise DataValidationError(self.source, [], hint="the table has no rows")
+        missing = [c for c in self.required_columns() if c not in table.columns]
+        if missing:
+            raise DataError(f"{self.source}: missing column(s) {missing}; "
+                             f"found {list(table.columns)}")
+        table = table.reset_index(drop=True)
+        problems = [Problem(int(r), f"no label in column {self.label_column!r}")
+                    for r in np.flatnonzero(table[self.label_column].isna().to_numpy())]
+        problems += self.row_problems(table)
+        return self.drop_or_raise(table, problems)
+
+    def drop_or_raise(self, table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
+        if not problems:
+            return table
+        if not self.skip_invalid:
+            raise DataValidationError(self.source, problems,
+                                      hint="fix them or set skip_invalid: true to drop them")
+        bad_rows = sorted({p.row for p in problems})
+        log.warning("%s: skip_invalid dropped %d of %d rows (first: %s)", self.source,
+                    len(bad_rows), len(table), problems[0].message)
+        kept = table.drop(index=bad_rows).reset_index(drop=True)
+        if kept.empty:
+            raise DataValidationError(self.source, problems, hint="every row is invalid")
+        return kept
+
+    def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Row positions per split: from the split column, or a stratified seeded split."""
+        if self.split_column:
+            column = table[self.split_column].astype(str).str.strip().str.lower()
+            unknown = sorted(set(column) - set(SPLITS))
+            if unknown:
+                raise DataError(f"{self.source}: column {self.split_column!r} has values "
+                                 f"{unknown}; expected train, val or test")
+            return {s: np.flatnonzero(column == s) for s in SPLITS}
+        labels = table[self.label_column].map(label_key).to_numpy()
+        rest, test = stratified_split(labels, self.test_fraction, self.split_seed)
+        train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
+        return {"train": rest[train], "val": rest[val], "test": test}
+
+    def check_labels_known(
+        self, table: pd.DataFrame, split_rows: dict[str, np.ndarray], index: dict[str, int]
+    ) -> None:
+        """Validation/test labels must be classes the model was trained on."""
+        problems = []
+        for split in ("val", "test"):
+            for row in split_rows[split]:
+                key = label_key(table[self.label_column].iloc[row])
+                if key not in index:
+                    problems.append(Problem(int(row), f"{split} label {key!r} is not a training "
+                                                      f"class {self.class_names}"))
+        if problems:
+            raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
+
+    # -- loaders -----------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", sampler=self.train_sampler())
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def train_sampler(self) -> EpochSeededSampler:
+        trainer = self.trainer
+        shard = {"num_replicas": trainer.world_size if trainer else 1,
+                 "rank": trainer.global_rank if trainer else 0,
+                 # PL_GLOBAL_SEED is set by seed_everything and equal on every rank.
+                 "seed": int(os.environ.get("PL_GLOBAL_SEED", 0))}
+        size = len(self.datasets["train"])
+        if self.sampler == "sequential":
+            return SequentialShardSampler(size, **shard)
+        if self.sampler == "random":
+            return RandomShardSampler(size, **shard)
+        if self.sampler == "weighted":
+            train = self.split_tables["train"]
+            if self.weight_column:
+                weights = torch.as_tensor(pd.to_numeric(train[self.weight_column]).to_numpy())
+            else:
+                weights = class_balanced_weights(self.datasets["train"].targets)
+            return WeightedShardSampler(weights, **shard)
+        if self.sampler == "subset_random":
+            if not 0 < self.subset_fraction <= 1:
+                raise DataError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
+            chosen = torch.randperm(size, generator=torch.Generator().manual_seed(shard["seed"]))
+            return SubsetRandomShardSampler(chosen[: max(1, round(self.subset_fraction * size))],
+                                            **shard)
+        raise ValueError(f"unknown sampler {self.sampler!r}")
+
+    def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        training = self.trainer is not None and self.trainer.training
+        transform = self.train_batch_transforms if training else self.eval_batch_transforms
+        if transform is None or not isinstance(batch, (tuple, list)):
+            return batch
+        return apply_to_inputs(transform, batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Saved in every checkpoint: prediction needs the class order the model was trained on.
+        return {"class_names": list(self.class_names)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("class_names")
+        if saved and self.class_names and saved != self.class_names:
+            raise DataError(f"{self.source}: the checkpoint's classes {saved} differ from the "
+                             f"data's {self.class_names}")
+        self.class_names = list(saved or self.class_names)
+
+
+def targets_tensor(targets: np.ndarray | None, length: int) -> Tensor:
+    """Targets as int64, or -1 for unlabelled rows (prediction)."""
+    if targets is None:
+        return torch.full((length,), -1, dtype=torch.long)
+    return torch.as_tensor(targets, dtype=torch.long)

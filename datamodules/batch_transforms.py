@@ -1,0 +1,63 @@
+"""Augmentations applied to a whole batch at once, with different random parameters per image.
+
+``torchvision.transforms.v2`` draws one set of random parameters per call, so a v2 random
+transform applied to a batch moves every image the same way. These fill that gap for the cheap,
+common cases. On small images they are an order of magnitude faster than per-image transform
+calls (the Python overhead per call, not the pixel work, is the cost), and they run on the GPU
+when the batch is there. Deterministic v2 transforms (ToDtype, Normalize, Pad) already work on
+batches and can be mixed in with ``v2.Compose``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms import v2
+
+
+class RandomShiftBatch(v2.Transform):
+    """Translate each image by up to ``max_shift`` pixels in x and y, filling with ``fill``
+    (the batch counterpart of ``v2.RandomCrop(size, padding=max_shift)``)."""
+
+    def __init__(self, max_shift: int = 2, fill: float = 0.0) -> None:
+        super().__init__()
+        self.max_shift = max_shift
+        self.fill = fill
+
+    def forward(self, images: Tensor) -> Tensor:  # type: ignore[override]
+        if self.max_shift <= 0:
+            return images
+        batch, _, height, width = images.shape
+        s = self.max_shift
+        padded = F.pad(images, (s, s, s, s), value=self.fill)
+        offset_y = torch.randint(0, 2 * s + 1, (batch, 1), device=images.device)
+        offset_x = torch.randint(0, 2 * s + 1, (batch, 1), device=images.device)
+        rows = (offset_y + torch.arange(height, device=images.device))[:, None, :, None]
+        cols = (offset_x + torch.arange(width, device=images.device))[:, None, None, :]
+        index = torch.arange(batch, device=images.device)[:, None, None, None]
+        channel = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        return padded[index, channel, rows, cols]
+
+
+class RandomHorizontalFlipBatch(v2.Transform):
+    """Mirror each image left-right with probability ``p``, independently."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, images: Tensor) -> Tensor:  # type: ignore[override]
+        flip = torch.rand(images.shape[0], device=images.device) < self.p
+        return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def apply_to_inputs(transform: Any, batch: Any) -> Any:
+    """Apply ``transform`` to the first element of an (inputs, targets, ...) batch."""
+    inputs, *rest = batch
+    return (transform(inputs), *rest)

@@ -1,0 +1,204 @@
+"""Classification from a pandas DataFrame (in memory, or a CSV/Parquet file): numeric feature
+columns for tabular models, or one image column holding file paths, encoded bytes or arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from datamodules.base import ClassificationDataModule, targets_tensor
+from datamodules.image_csv import ImageCSVDataset, ReadMode
+from datamodules.validation import (
+    DataError,
+    Problem,
+    check_image_file,
+    non_finite_feature_problems,
+)
+
+
+class FeatureDataset(Dataset):
+    """Rows of standardised float32 features with their targets."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray | None) -> None:
+        self.features = torch.as_tensor(features, dtype=torch.float32)
+        self.targets = targets_tensor(targets, len(self.features))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.features[index], self.targets[index]
+
+
+class InMemoryImageDataset(Dataset):
+    """Images held in the DataFrame itself: encoded bytes (PNG/JPEG/...) or arrays (HW/HWC)."""
+
+    def __init__(self, cells: Sequence[Any], targets: np.ndarray | None, read_mode: ReadMode,
+                 transform: v2.Transform | None) -> None:
+        self.cells = list(cells)
+        self.targets = targets_tensor(targets, len(self.cells))
+        self.mode = ImageReadMode[read_mode]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = cell_to_image(self.cells[index], self.mode)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+
+def cell_to_image(cell: Any, mode: ImageReadMode) -> Tensor:
+    """Encoded bytes are decoded; arrays are taken as HW or HWC pixels. Result: uint8 CHW."""
+    if isinstance(cell, (bytes, bytearray, memoryview)):
+        image = decode_image(torch.frombuffer(bytearray(cell), dtype=torch.uint8), mode=mode)
+    else:
+        array = torch.as_tensor(np.asarray(cell))
+        image = array.unsqueeze(0) if array.ndim == 2 else array.permute(2, 0, 1)
+        if mode == ImageReadMode.GRAY and image.shape[0] == 3:
+            image = TF.rgb_to_grayscale(image)
+        elif mode == ImageReadMode.RGB and image.shape[0] == 1:
+            image = image.expand(3, -1, -1)
+    if image.dtype != torch.uint8:
+        image = TF.to_dtype(image, torch.uint8, scale=True)
+    return image.contiguous()
+
+
+class DataFrameDataModule(ClassificationDataModule):
+    """Train/val/test loaders over a DataFrame.
+
+    Args:
+        data: a DataFrame (from Python) or a path to a ``.csv`` / ``.parquet`` file (from YAML).
+        feature_columns: numeric columns to use as features; ``None`` takes every numeric column
+            except the label, split and weight columns. Ignored with ``image_column``.
+        standardize: scale features to zero mean and unit variance with statistics fit on the
+            training split only (saved in checkpoints, reused for val/test/predict).
+        image_column: a column of image file paths (relative to ``image_root``), encoded bytes
+            or arrays, instead of features.
+        image_root: folder for relative paths in ``image_column``.
+        read_mode / train_transforms / eval_transforms: as for images in
+            :class:`~datamodules.image_csv.ImageCSVDataModule`.
+        **kwargs: split, sampler, loader and batch-transform options of
+            :class:`~datamodules.base.ClassificationDataModule`.
+    """
+
+    def __init__(
+        self,
+        data: str | Path | pd.DataFrame,
+        feature_columns: list[str] | None = None,
+        standardize: bool = True,
+        image_column: str | None = None,
+        image_root: str | Path | None = None,
+        read_mode: ReadMode = "RGB",
+        train_transforms: v2.Transform | None = None,
+        eval_transforms: v2.Transform | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["data", "train_transforms", "eval_transforms",
+                                          "train_batch_transforms", "eval_batch_transforms"])
+        self.data = data
+        self.feature_columns = feature_columns
+        self.standardize = standardize
+        self.image_column = image_column
+        self.image_root = Path(image_root) if image_root is not None else Path.cwd()
+        self.read_mode = read_mode
+        to_float = v2.ToDtype(torch.float32, scale=True)
+        self.eval_transforms = eval_transforms or to_float
+        self.train_transforms = train_transforms or self.eval_transforms
+        self.mean: np.ndarray | None = None
+        self.std: np.ndarray | None = None
+
+    @property
+    def source(self) -> str:
+        return str(self.data) if not isinstance(self.data, pd.DataFrame) else "DataFrame"
+
+    def load_table(self) -> pd.DataFrame:
+        if isinstance(self.data, pd.DataFrame):
+            return self.data
+        path = Path(self.data)
+        if not path.is_file():
+            raise DataError(f"data file not found: {path}")
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        try:
+            return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
+
+    def required_columns(self) -> list[str]:
+        extra = [self.image_column] if self.image_column else list(self.feature_columns or [])
+        return [*extra, *super().required_columns()]
+
+    def features(self, table: pd.DataFrame) -> list[str]:
+        if self.feature_columns:
+            return list(self.feature_columns)
+        reserved = set(super().required_columns())
+        return [c for c in table.columns
+                if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
+
+    def row_problems(self, table: pd.DataFrame) -> list[Problem]:
+        if self.image_column is None:
+            if not self.features(table):
+                raise DataError(f"{self.source}: no numeric feature columns; set "
+                                 "feature_columns or image_column")
+            return non_finite_feature_problems(table, self.features(table))
+        problems = []
+        for row, cell in enumerate(table[self.image_column]):
+            if isinstance(cell, (str, Path)):
+                message = check_image_file(self.image_root / cell, self.image_root, decode=True)
+            else:
+                try:
+                    cell_to_image(cell, ImageReadMode[self.read_mode])
+                    message = None
+                except (RuntimeError, TypeError, ValueError) as error:
+                    message = f"cannot read the image in column {self.image_column!r}: {error}"
+            if message:
+                problems.append(Problem(row, message))
+        return problems
+
+    def fit_on_train(self, train: pd.DataFrame) -> None:
+        if self.image_column is None and self.standardize:
+            values = train[self.features(train)].to_numpy(dtype=np.float64)
+            self.mean = values.mean(axis=0)
+            # A constant feature would divide by zero: leave it centred but unscaled.
+            self.std = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.0)
+
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+        transform = self.train_transforms if split == "train" else self.eval_transforms
+        if self.image_column is None:
+            values = table[self.features(table)].to_numpy(dtype=np.float64)
+            if self.mean is not None and self.std is not None:
+                values = (values - self.mean) / self.std
+            return FeatureDataset(values, targets)
+        cells = table[self.image_column].tolist()
+        if all(isinstance(c, (str, Path)) for c in cells):
+            return ImageCSVDataset([self.image_root / c for c in cells], targets, self.read_mode,
+                                   transform)
+        return InMemoryImageDataset(cells, targets, self.read_mode, transform)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.mean is not None and self.std is not None:
+            state["feature_columns"] = self.features(self.split_tables["train"])
+            state["mean"] = self.mean.tolist()
+            state["std"] = self.std.tolist()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "mean" in state_dict:
+            self.mean = np.asarray(state_dict["mean"])
+            self.std = np.asarray(state_dict["std"])

@@ -1,0 +1,90 @@
+"""Training samplers that stay correct under DDP.
+
+Every rank draws the *same* global sequence from ``(seed, epoch)`` and keeps a strided shard of
+it, so shards are disjoint, the draw changes every epoch, and a seed reproduces the run. They
+subclass ``DistributedSampler`` on purpose: Lightning then uses them as they are instead of
+wrapping them in ``DistributedSamplerWrapper`` (which is only right when every rank's inner
+sampler happens to draw identically, the bug behind Lightning #10946/#12866), and its loops call
+``set_epoch`` on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import DistributedSampler
+
+SamplerName = Literal["sequential", "random", "weighted", "subset_random"]
+
+
+class EpochSeededSampler(DistributedSampler):
+    """Base class: subclasses say how to draw the global order; this class shards it."""
+
+    def __init__(self, num_draws: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        super().__init__(range(num_draws), num_replicas=num_replicas, rank=rank, shuffle=False,
+                         seed=seed, drop_last=False)
+
+    def global_order(self, generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self.global_order(generator)
+        # Pad by repeating the start so every rank gets the same number of batches, as
+        # DistributedSampler does (a rank with fewer batches would hang the others).
+        while len(order) < self.total_size:
+            order = torch.cat([order, order[: self.total_size - len(order)]])
+        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
+
+
+class SequentialShardSampler(EpochSeededSampler):
+    """Rows in table order, every epoch (e.g. curriculum or debugging)."""
+
+    def global_order(self, generator: torch.Generator) -> Tensor:
+        return torch.arange(len(self.dataset))
+
+
+class RandomShardSampler(EpochSeededSampler):
+    """A fresh permutation of all rows every epoch."""
+
+    def global_order(self, generator: torch.Generator) -> Tensor:
+        return torch.randperm(len(self.dataset), generator=generator)
+
+
+class WeightedShardSampler(EpochSeededSampler):
+    """``num_draws`` rows drawn with replacement in proportion to ``weights``."""
+
+    def __init__(self, weights: Sequence[float] | Tensor, num_draws: int | None = None,
+                 num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        if self.weights.ndim != 1 or not torch.isfinite(self.weights).all() or (
+            self.weights < 0
+        ).any() or self.weights.sum() <= 0:
+            raise ValueError("sampler weights must be finite, non-negative and not all zero")
+        super().__init__(num_draws or len(self.weights), num_replicas, rank, seed)
+
+    def global_order(self, generator: torch.Generator) -> Tensor:
+        return torch.multinomial(self.weights, len(self.dataset), replacement=True,
+                                 generator=generator)
+
+
+class SubsetRandomShardSampler(EpochSeededSampler):
+    """A fixed subset of rows (chosen once from ``seed``), in a new order every epoch."""
+
+    def __init__(self, indices: Sequence[int] | Tensor, num_replicas: int = 1, rank: int = 0,
+                 seed: int = 0) -> None:
+        self.indices = torch.as_tensor(indices, dtype=torch.long)
+        super().__init__(len(self.indices), num_replicas, rank, seed)
+
+    def global_order(self, generator: torch.Generator) -> Tensor:
+        return self.indices[torch.randperm(len(self.indices), generator=generator)]
+
+
+def class_balanced_weights(targets: Sequence[int] | Tensor) -> Tensor:
+    """Per-row weight 1 / (rows of its class): every class is drawn equally often."""
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    counts = torch.bincount(targets).double()
+    return 1.0 / counts[targets]

@@ -1,0 +1,35 @@
+"""A multilayer perceptron: the backbone for tabular features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """Linear-BatchNorm-ReLU-Dropout blocks and a linear head.
+
+    ``in_features`` is the number of feature columns; BatchNorm keeps training stable even if a
+    user turns feature standardisation off.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_features: int,
+        hidden: Sequence[int] = (64, 64),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size, bias=False), nn.BatchNorm1d(size),
+                       nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))

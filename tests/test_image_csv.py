@@ -1,0 +1,200 @@
+"""The CSV + image-folder datamodule: read modes, labels, caching and bad-input reports."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision.io import write_jpeg, write_png
+
+import datamodules.image_csv as image_csv
+from datamodules.image_csv import ImageCSVDataModule
+from datamodules.validation import DataValidationError
+
+
+def write_table(root: Path, rows: list[dict[str, object]], name: str = "labels.csv") -> Path:
+    path = root / name
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def make_images(root: Path, count: int, labels: list[str], size: int = 6) -> Path:
+    """``count`` small gray PNGs with labels cycling through ``labels``; returns the CSV."""
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        pixels = torch.full((1, size, size), i % 256, dtype=torch.uint8)
+        write_png(pixels, str(root / f"img/{i}.png"))
+        rows.append({"path": f"img/{i}.png", "label": labels[i % len(labels)]})
+    return write_table(root, rows)
+
+
+@pytest.fixture
+def mixed_formats(tmp_path: Path) -> Path:
+    """One file per storage format: 8-bit gray, RGB, RGBA and 16-bit gray PNGs, and a JPEG."""
+    rgb = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    rgb[0] = 200
+    write_png(torch.full((1, 4, 5), 90, dtype=torch.uint8), str(tmp_path / "gray.png"))
+    write_png(rgb, str(tmp_path / "rgb.png"))
+    Image.fromarray(np.full((4, 5, 4), (10, 20, 30, 128), dtype=np.uint8), "RGBA").save(
+        tmp_path / "rgba.png")
+    Image.fromarray(np.full((4, 5), 65535, dtype=np.uint16)).save(tmp_path / "gray16.png")
+    write_jpeg(rgb, str(tmp_path / "rgb.jpg"), quality=95)
+    names = ["gray.png", "rgb.png", "rgba.png", "gray16.png", "rgb.jpg"]
+    return write_table(tmp_path, [{"path": n, "label": n.split(".")[0], "split": "train"}
+                                  for n in names])
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("GRAY", 1), ("RGB", 3)])
+def test_every_file_format_is_read_with_the_requested_channels_as_uint8(
+    mixed_formats: Path, mode: str, channels: int
+) -> None:
+    data = ImageCSVDataModule(mixed_formats, read_mode=mode, split_column="split",
+                              train_transforms=torch.nn.Identity(), num_workers=0)
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    images = {dataset.paths[i].name: dataset[i][0] for i in range(len(dataset))}
+    for name, image in images.items():
+        assert image.dtype == torch.uint8, name
+        assert image.shape == (channels, 4, 5), name
+    assert int(images["gray16.png"].max()) == 255  # 16-bit full scale -> 8-bit full scale
+    if mode == "RGB":
+        assert images["gray.png"].unique().tolist() == [90]  # gray replicated to 3 channels
+        assert images["rgb.png"][0].unique().tolist() == [200]
+
+
+def test_unchanged_mode_keeps_the_alpha_channel(mixed_formats: Path) -> None:
+    data = ImageCSVDataModule(mixed_formats, read_mode="UNCHANGED", split_column="split",
+                              train_transforms=torch.nn.Identity(), num_workers=0)
+    data.setup("fit")
+    dataset = data.datasets["train"]
+    rgba = next(dataset[i][0] for i in range(len(dataset)) if dataset.paths[i].name == "rgba.png")
+    assert rgba.shape == (4, 4, 5)
+    assert rgba[:, 0, 0].tolist() == [10, 20, 30, 128]
+
+
+def test_cached_images_are_decoded_once_before_training_and_never_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = make_images(tmp_path, 40, ["a", "b"])
+    cached = ImageCSVDataModule(table, read_mode="GRAY", cache_images=True, num_workers=0,
+                                batch_size=8)
+    uncached = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, batch_size=8)
+    cached.setup("fit")
+    uncached.setup("fit")
+
+    opened: list[Path] = []
+    real_load = image_csv.load_image
+    monkeypatch.setattr(image_csv, "load_image", lambda p, m: opened.append(p) or real_load(p, m))
+    for _epoch in range(2):
+        for split in ("train", "val"):
+            for _ in cached._loader(split):
+                pass
+    assert opened == []  # nothing read from disk in two epochs
+    for _ in uncached.train_dataloader():
+        pass
+    assert len(opened) == len(uncached.datasets["train"])  # the control does read files
+
+
+def test_cache_that_would_not_fit_is_refused_with_the_size(tmp_path: Path) -> None:
+    table = make_images(tmp_path, 4, ["a", "b"], size=100)
+    data = ImageCSVDataModule(table, read_mode="RGB", cache_images=True, cache_max_gb=1e-6,
+                              num_workers=0)
+    with pytest.raises(ValueError, match=r"needs 0\.0 GB, more than cache_max_gb=1e-06"):
+        data.setup("fit")
+
+
+def corrupt(root: Path) -> Path:
+    """A table whose rows break in every way an image folder can break."""
+    table_path = make_images(root, 30, ["cat", "dog"], size=32)
+    table = pd.read_csv(table_path)
+    table["path"] = table["path"].str.removeprefix("img/")  # relative to image_root=root/img
+    good = (root / "img/0.png").read_bytes()
+    noise = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8, generator=torch.Generator())
+    write_png(noise, str(root / "img/1.png"))  # noise: the pixel data spans many bytes
+    whole = (root / "img/1.png").read_bytes()
+    (root / "img/1.png").write_bytes(whole[: len(whole) // 2])  # truncated mid pixel data
+    (root / "img/2.png").write_text("not really a png")  # text file named .png
+    (root / "img/3.png").unlink()  # missing file
+    (root / "outside.png").write_bytes(good)  # a real image, but not under root/img
+    table.loc[4, "path"] = "../outside.png"  # escapes the image root
+    table.loc[5, "path"] = str((root / "outside.png").resolve())  # absolute, outside the root
+    Image.new("L", (1, 1)).save(root / "img/6.png")
+    bomb = bytearray((root / "img/6.png").read_bytes())
+    bomb[16:24] = (20000).to_bytes(4, "big") * 2  # header claims 20000 x 20000 pixels
+    bomb[29:33] = zlib.crc32(bytes(bomb[12:29])).to_bytes(4, "big")  # with a valid chunk CRC
+    (root / "img/6.png").write_bytes(bytes(bomb))
+    table.to_csv(table_path, index=False)
+    return table_path
+
+
+def test_every_broken_row_is_reported_in_one_error_with_file_and_row(tmp_path: Path) -> None:
+    table = corrupt(tmp_path)
+    data = ImageCSVDataModule(table, image_root=tmp_path / "img", read_mode="GRAY",
+                              num_workers=0)
+    with pytest.raises(DataValidationError) as error:
+        data.setup("fit")
+    message = str(error.value)
+    assert message.splitlines()[0].startswith(f"{table}: 6 invalid row(s)")
+    expected = {
+        1: "cannot decode", 2: "not an image file", 3: "missing image file",
+        4: "is outside the image root", 5: "is outside the image root",
+        6: "decompression bomb",
+    }
+    rows = {p.row: p.message for p in error.value.problems}
+    for row, text in expected.items():
+        assert text in rows[row], (row, rows[row])
+        assert f"row {row}: " in message
+
+
+def test_skip_invalid_drops_the_broken_rows_and_trains_on_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    table = corrupt(tmp_path)
+    data = ImageCSVDataModule(table, image_root=tmp_path / "img", read_mode="GRAY",
+                              skip_invalid=True, num_workers=0)
+    with caplog.at_level("WARNING"):
+        data.setup("fit")
+    assert sum(len(d) for d in data.datasets.values()) == 30 - 6
+    assert "skip_invalid dropped 6 of 30 rows" in caplog.text
+
+
+def test_more_than_ten_problems_show_ten_and_the_total(tmp_path: Path) -> None:
+    rows = [{"path": f"missing_{i}.png", "label": "x"} for i in range(25)]
+    data = ImageCSVDataModule(write_table(tmp_path, rows), num_workers=0)
+    with pytest.raises(DataValidationError, match="25 invalid row") as error:
+        data.setup("fit")
+    lines = str(error.value).splitlines()
+    assert sum(line.startswith("  row ") for line in lines) == 10
+    assert lines[-1] == "  ... and 15 more"
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ("", "0 invalid row(s) (the table has no rows)"),
+        ("path\nimg/0.png\n", "missing column(s) ['label']"),
+        ("path,label\nimg/0.png,\n", "row 0: no label in column 'label'"),
+        ("path,label,split\nimg/0.png,a,train\nimg/1.png,b,test\n",
+         "test label 'b' is not a training class ['a']"),
+        ("path,label,split\nimg/0.png,a,train\nimg/1.png,a,holdout\n",
+         "column 'split' has values ['holdout']"),
+    ],
+    ids=["empty", "no-label-column", "empty-label", "unknown-test-label", "bad-split-value"],
+)
+def test_bad_tables_are_refused_with_a_message_naming_the_problem(
+    tmp_path: Path, table: str, expected: str
+) -> None:
+    make_images(tmp_path, 2, ["a"])
+    (tmp_path / "t.csv").write_text(table)
+    split = "split" if "split" in table else None
+    data = ImageCSVDataModule(tmp_path / "t.csv", split_column=split, num_workers=0)
+    with pytest.raises(ValueError) as error:
+        data.setup("fit")
+    assert str(tmp_path / "t.csv") in str(error.value)
+    assert expected in str(error.value)
