@@ -92,6 +92,7 @@ def non_finite_feature_problems(table: pd.DataFrame, columns: Sequence[str]) -> 
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
         for position in np.flatnonzero(~np.isfinite(values)):
             raw = table[column].iloc[position]
+            raw = raw.item() if hasattr(raw, "item") else raw  # nan, not np.float64(nan)
             message = f"feature {column!r} is {raw!r}, not a finite number"
             problems.append(Problem(int(position), message))
     return sorted(problems, key=lambda p: p.row)

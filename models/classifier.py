@@ -72,7 +72,8 @@ class ImageClassifier(LightningModule):
     # -- building ---------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Build the backbone from the datamodule's classes (Lightning calls this after setup)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
+        # _trainer, not trainer: load_from_checkpoint calls this hook with no trainer attached.
+        datamodule = getattr(self._trainer, "datamodule", None)
         names = list(getattr(datamodule, "class_names", None) or [])
         if self.net is None:
             if not names:

@@ -198,3 +198,39 @@ def test_bad_tables_are_refused_with_a_message_naming_the_problem(
         data.setup("fit")
     assert str(tmp_path / "t.csv") in str(error.value)
     assert expected in str(error.value)
+
+
+def test_string_labels_round_trip_through_a_checkpoint(run_dir: Path) -> None:
+    import train
+    from models.classifier import ImageClassifier
+
+    table = make_images(run_dir, 24, ["dog", "cat", "bird"])
+    train.main([
+        "--data=datamodules.image_csv.ImageCSVDataModule", f"--data.annotations={table}",
+        "--data.read_mode=GRAY", "--data.num_workers=0", "--data.batch_size=8", "--max_epochs=1",
+        "--trainer.logger.init_args.save_dir=logs", "--trainer.enable_progress_bar=false",
+    ])
+    (best,) = (run_dir / "logs").glob("digits/version_0/checkpoints/epoch*.ckpt")
+    checkpoint = torch.load(best, weights_only=True)
+    assert checkpoint["hyper_parameters"]["class_names"] == ["bird", "cat", "dog"]
+    assert checkpoint["ImageCSVDataModule"] == {"class_names": ["bird", "cat", "dog"]}
+    model = ImageClassifier.load_from_checkpoint(best)  # no arguments needed
+    assert model.hparams.class_names == ["bird", "cat", "dog"]
+    assert model(torch.zeros(2, 1, 6, 6)).shape == (2, 3)
+
+
+def test_bad_data_stops_train_py_before_training_with_no_run_folder(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import train
+
+    table = corrupt(run_dir)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data=datamodules.image_csv.ImageCSVDataModule",
+                    f"--data.annotations={table}", "--trainer.logger.init_args.save_dir=logs"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"train.py: error: {table}: " in err
+    assert "row 3: missing image file" in err
+    assert "Traceback" not in err
+    assert not (run_dir / "logs").exists()  # nothing that looks like a run was started
