@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder
@@ -36,7 +37,7 @@ class LRRangeTest(LearningRateFinder):
         min_lr: float = 1e-6,
         max_lr: float = 1.0,
         num_training_steps: int = 100,
-        mode: str = "exponential",
+        mode: Literal["exponential", "linear"] = "exponential",
         early_stop_threshold: float | None = 4.0,
         plot_path: str | None = None,
         stop_after: bool = True,
