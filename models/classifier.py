@@ -43,6 +43,11 @@ class ImageClassifier(LightningModule):
         label_smoothing: passed to ``F.cross_entropy``.
         no_weight_decay: extra parameter names (or prefixes ending in ``.``) that get no decay,
             on top of every bias, normalisation parameter and other 1-D parameter.
+        weight_decay_norm_and_bias: ``True`` decays biases and normalisation parameters too
+            (one group, as ``optimizer(model.parameters())`` would); only to reproduce papers.
+        l1_penalty: ``l1_penalty * sum(|w|)`` over the weights that get weight decay (never
+            biases or norm parameters) is added to the training loss; ``train/loss`` stays the
+            cross-entropy so runs with and without it compare.
         num_classes: normally left out and taken from the datamodule; saved in the checkpoint so
             ``load_from_checkpoint`` rebuilds the same network.
         class_names: likewise, so predictions can be reported with the original labels.
@@ -57,6 +62,8 @@ class ImageClassifier(LightningModule):
         scheduler_monitor: str = "val/loss",
         label_smoothing: float = 0.0,
         no_weight_decay: Sequence[str] = (),
+        weight_decay_norm_and_bias: bool = False,
+        l1_penalty: float = 0.0,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
     ) -> None:
@@ -66,6 +73,7 @@ class ImageClassifier(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.net: nn.Module | None = None
+        self._l1_params: list[nn.Parameter] | None = None
         if num_classes is not None:
             self._build(num_classes)
 
@@ -126,7 +134,14 @@ class ImageClassifier(LightningModule):
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        if self.hparams["l1_penalty"]:
+            if self._l1_params is None:
+                self._l1_params = self._decayed_weights()
+            l1 = self.hparams["l1_penalty"] * sum(p.abs().sum() for p in self._l1_params)
+            self.log("train/l1_step", l1, on_step=True, on_epoch=False)
+            loss = loss + l1
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -140,11 +155,12 @@ class ImageClassifier(LightningModule):
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        assert self.net is not None
-        skip = list(self.hparams["no_weight_decay"])
-        if hasattr(self.net, "no_weight_decay"):
-            skip += [f"net.{name}" for name in self.net.no_weight_decay()]
-        optimizer = self.optimizer_factory(param_groups_weight_decay(self, skip))
+        groups = param_groups_weight_decay(
+            self, self._no_decay_names(),
+            exclude_bias_and_norm=not self.hparams["weight_decay_norm_and_bias"],
+        )
+        self._l1_params = self._decayed_weights()
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, **self._schedule_length_kwargs())
@@ -152,6 +168,19 @@ class ImageClassifier(LightningModule):
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = self.hparams["scheduler_monitor"]
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _no_decay_names(self) -> list[str]:
+        assert self.net is not None
+        skip = list(self.hparams["no_weight_decay"])
+        if hasattr(self.net, "no_weight_decay"):
+            skip += [f"net.{name}" for name in self.net.no_weight_decay()]
+        return skip
+
+    def _decayed_weights(self) -> list[nn.Parameter]:
+        """The parameters the L1 penalty applies to: those weight decay would apply to with
+        the bias/norm exclusion on, whatever ``weight_decay_norm_and_bias`` says."""
+        groups = param_groups_weight_decay(self, self._no_decay_names())
+        return [p for g in groups if "weight_decay" not in g for p in g["params"]]
 
     def _schedule_length_kwargs(self) -> dict[str, int]:
         """``total_steps`` for schedules that need it, from the trainer (devices, accumulation
@@ -161,9 +190,13 @@ class ImageClassifier(LightningModule):
         total = self.trainer.estimated_stepping_batches
         if self.hparams["scheduler_interval"] == "epoch":
             total = self.trainer.max_epochs
-        if total is None or total == float("inf") or total < 1:
+        unsized = total is None or total == float("inf") or total < 1
+        if unsized and _length_optional(self.scheduler_factory):
+            return {}  # e.g. NoamLR with warmup in steps: it needs no end
+        if unsized:
+            name = getattr(_target_class(self.scheduler_factory), "__name__", "The scheduler")
             raise ValueError(
-                f"The scheduler needs a finite number of steps but training length is {total}: "
+                f"{name} needs a finite number of steps but training length is {total}: "
                 "set trainer.max_epochs or trainer.max_steps."
             )
         self._schedule_total_steps = int(total)
@@ -183,6 +216,20 @@ class ImageClassifier(LightningModule):
                     "accumulation changed). Resume with the original settings, or start a new "
                     "run from the checkpoint's weights."
                 )
+
+
+def _target_class(factory: Callable[..., Any]) -> type | None:
+    """The class behind a config callable: itself, or the class jsonargparse's
+    ``functools.partial`` wraps (as ``func``, or among ``args`` in jsonargparse >= 4.40)."""
+    if isinstance(factory, type):
+        return factory
+    candidates = [getattr(factory, "func", None), *getattr(factory, "args", ())]
+    return next((c for c in candidates if isinstance(c, type)), None)
+
+
+def _length_optional(factory: Callable[..., Any]) -> bool:
+    """True for schedules (``models.schedulers``) that can run without a known end."""
+    return bool(getattr(_target_class(factory), "total_steps_optional", False))
 
 
 def _needs_total_steps(factory: Callable[..., Any]) -> bool:
