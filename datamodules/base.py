@@ -37,11 +37,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-def default_num_workers() -> int:
-    """One loader worker per CPU this process may use, shared between DDP ranks on a node."""
+def default_num_workers(ranks_per_node: int = 1) -> int:
+    """One loader worker per CPU this process may use, shared between the DDP ranks on a node
+    (two ranks with two workers each on two cores would only fight over them)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return max(0, min(8, (cpus or 1) // ranks))
+    return max(0, min(8, (cpus or 1) // max(1, ranks_per_node)))
 
 
 def label_key(value: object) -> str:
@@ -112,7 +112,7 @@ class ClassificationDataModule(LightningDataModule):
         self.subset_fraction = subset_fraction
         self.skip_invalid = skip_invalid
         self.batch_size = batch_size
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.num_workers = num_workers  # None: decided per loader, once the device count is known
         self.train_batch_transforms = train_batch_transforms
         self.eval_batch_transforms = eval_batch_transforms
         self.class_names: list[str] = []
@@ -253,6 +253,8 @@ class ClassificationDataModule(LightningDataModule):
 
     def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
         workers = self.num_workers
+        if workers is None:
+            workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,

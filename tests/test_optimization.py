@@ -133,11 +133,12 @@ def test_one_cycle_in_real_two_process_ddp_is_sized_per_rank_and_ends_at_final_l
     data = DigitsDataModule(root=digits_root)
     data.setup("fit")
     per_rank = math.ceil(len(data.datasets["train"]) / 2)  # DistributedSampler pads to even
-    total = math.ceil(per_rank / 64)  # one full epoch at batch_size 64 per device
+    total = math.ceil(per_rank / 64)  # one full epoch at batch_size 64 per device (set below)
     out = tmp_path / "lrs.json"
 
     result = run_train_subprocess(
         ["fit", *base_args(digits_root, tmp_path / "logs"), "--devices=2", "--max_epochs=1",
+         "--data.init_args.batch_size=64",
          "--trainer.limit_val_batches=1", RECORD,
          f"--trainer.callbacks.init_args.path={out}"],
         cwd=tmp_path,
@@ -259,8 +260,9 @@ class GroupsNet(nn.Module):
         self.frozen.requires_grad_(False)
         self.conv = nn.Conv2d(4, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(8)
-        self.ln = nn.LayerNorm([8, 8, 8])
-        self.pos = nn.Parameter(torch.zeros(1, 8, 8, 8))
+        # 12x12: the default digits pipeline pads the 8x8 images by 2.
+        self.ln = nn.LayerNorm([8, 12, 12])
+        self.pos = nn.Parameter(torch.zeros(1, 8, 12, 12))
         self.head = nn.Linear(8, num_classes)
 
     def no_weight_decay(self) -> list[str]:
