@@ -21,9 +21,13 @@ from typing import Any, NoReturn
 # Lightning's own calls trigger these; they are not actionable for a user of this template.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.checkpoint import Checkpoint
+from callbacks.progress import default_progress_bar
 from callbacks.run_summary import RunSummary
 from datamodules.validation import DataError
 
@@ -86,14 +90,27 @@ def condense_error(message: str, max_parts: int = 4) -> str:
 
 class TemplateCLI(LightningCLI):
     """LightningCLI with the default config, one-line errors, a forced ModelCheckpoint
-    (``--checkpoint.*``) and ``--ckpt_path last`` resolved to the newest run's ``last.ckpt``."""
+    (``--checkpoint.*``; it also saves ``last.ckpt`` on an exception or SIGTERM), a progress bar
+    chosen for the terminal, and ``--ckpt_path last`` resolved to the newest run's
+    ``last.ckpt``."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         self.parser_class = OneLineErrorParser
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Lightning's default bar is Rich whenever rich is installed, which fills a log file or a
+        # CI page with escape codes; pick it by where the output goes instead. A progress bar in
+        # the config's callbacks, or enable_progress_bar: false, is left as it is.
+        listed = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in listed
+        ):
+            callbacks = [*callbacks, default_progress_bar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # Parse the explicit argv list given by main(); LightningCLI's own version warns when
@@ -173,6 +190,12 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         # message names the file/row/option, a traceback into Lightning would only hide it.
         sys.stderr.write(f"train.py: error: {error}\n")
         sys.exit(2)
+    except SIGTERMException:
+        # Pre-empted: Lightning finished the batch, the checkpoint callback saved last.ckpt.
+        # Exit 143 (128 + SIGTERM) like a killed process, so a scheduler requeues the job
+        # rather than counting it as done (SIGTERMException alone would exit with 0).
+        sys.stderr.write("train.py: stopped by SIGTERM; resume with --ckpt_path last\n")
+        sys.exit(143)
     trainer = cli.trainer
     if fit_then_test and not trainer.interrupted and trainer.state.finished:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -1,0 +1,82 @@
+"""Progress output that suits where it goes: a live bar on a terminal, plain lines in a log."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+
+def interactive_terminal() -> bool:
+    """True when stdout is a terminal and no CI system is running us (``CI`` set, as every
+    common CI service does)."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        return False
+    return sys.stdout.isatty()
+
+
+def default_progress_bar() -> ProgressBar:
+    """Rich's live bar on an interactive terminal; otherwise :class:`LineProgressBar`, whose
+    output has no carriage returns or escape codes (a redrawn bar in a log file or a CI page is
+    one unreadable line of ``\\r`` and colour codes)."""
+    return RichProgressBar() if interactive_terminal() else LineProgressBar()
+
+
+class LineProgressBar(ProgressBar):
+    """One plain line per training epoch (after its validation), plus one every
+    ``interval_seconds`` inside long epochs, e.g.::
+
+        epoch 3/10 step 243 (81/81 batches) 1.0 s | train/loss_step 0.61 val/loss 0.42 val/acc 0.96
+
+    Validation, test and predict print nothing here (Lightning prints the test table itself).
+    Rank 0 only. Args: ``interval_seconds``: ``0`` prints only at the end of each epoch.
+    """
+
+    def __init__(self, interval_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.interval_seconds = interval_seconds
+        self._enabled = True
+        self._epoch_started = 0.0
+        self._last_line = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._epoch_started = self._last_line = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if self._enabled and self.interval_seconds > 0:
+            now = time.perf_counter()
+            if now - self._last_line >= self.interval_seconds:
+                self._last_line = now
+                self._line(trainer, pl_module, batch_idx + 1)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._enabled:
+            self._line(trainer, pl_module, trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+
+    def _line(self, trainer: Trainer, pl_module: LightningModule, batches: int) -> None:
+        total = self.total_train_batches
+        epochs = "" if trainer.max_epochs in (None, -1) else f"/{trainer.max_epochs}"
+        head = (f"epoch {trainer.current_epoch + 1}{epochs} step {trainer.global_step} "
+                f"({batches}/{total if total != float('inf') else '?'} batches) "
+                f"{time.perf_counter() - self._epoch_started:.1f} s")
+        metrics = self.get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        values = " ".join(f"{name} {_fmt(value)}" for name, value in metrics.items())
+        self.print(f"{head} | {values}" if values else head, flush=True)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
