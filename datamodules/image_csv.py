@@ -293,7 +293,8 @@ class ImageCSVDataModule(ClassificationDataModule):
         :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`; None before setup."""
         if self._preprocessing is not None:
             return self._preprocessing
-        dataset = next((self.datasets[s] for s in ("val", "test", "train", "predict")
+        # Not the training set: its transforms (random crops) need not give the eval size.
+        dataset = next((self.datasets[s] for s in ("val", "test", "predict")
                         if s in self.datasets and len(self.datasets[s])), None)
         if dataset is None:
             return None
@@ -305,7 +306,8 @@ class ImageCSVDataModule(ClassificationDataModule):
             # Metadata for export must never stop a checkpoint from being saved.
             log.warning("input shape for export metadata unknown: %s", error)
             return None
-        transforms = [t for t in (self.eval_transforms, self.eval_batch_transforms) if t]
+        transforms = [t for t in (self.eval_transforms, self.eval_batch_transforms)
+                      if t is not None]
         steps = [t for top in transforms for t in _flatten(top)]
         normalize = [t for t in steps if isinstance(t, v2.Normalize)]
         self._preprocessing = {

@@ -28,6 +28,8 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 import torch
 from torch import Tensor, nn
 
+from models.classifier import ImageClassifier
+
 Format = Literal["onnx", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
 DEFAULT_TOLERANCE = 1e-4  # max |logit difference|; float32 kernels differ by ~1e-6 in practice
@@ -41,9 +43,7 @@ class ExportError(RuntimeError):
 def load_model(ckpt_path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """The LightningModule and its bare network, both in eval mode, and the checkpoint's
     metadata for the JSON file."""
-    from models.classifier import ImageClassifier
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu",
                                                  weights_only=True)
     model.eval()
