@@ -5,6 +5,7 @@
     python train.py --config configs/x.yaml  # compose configs (later files win)
     python train.py fit|validate|test|predict ...   # one stage, LightningCLI style
     python train.py --ckpt_path last         # resume the newest run of this config
+    python train.py predict --ckpt_path C --data.init_args.predict_path DIR   # -> predictions.csv
 
 Configuration is LightningCLI (jsonargparse): every ``__init__`` argument of the model, the
 datamodule and the Trainer is an option, ``--print_config`` shows the resolved config.
@@ -21,12 +22,15 @@ from typing import Any, NoReturn
 # Lightning's own calls trigger these; they are not actionable for a user of this template.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
+import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.checkpoint import Checkpoint
+from callbacks.prediction_writer import PredictionCSVWriter
+from callbacks.preprocessing_metadata import PreprocessingMetadata
 from callbacks.progress import default_progress_bar
 from callbacks.run_summary import RunSummary
 from datamodules.validation import DataError
@@ -112,6 +116,18 @@ class TemplateCLI(LightningCLI):
             callbacks = [*callbacks, default_progress_bar()]
         return super()._instantiate_trainer(config, callbacks)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str,
+                                   **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Only `predict` has this option, so fit's saved config.yaml does not carry it.
+        if subcommand == "predict":
+            parser.add_argument(
+                "--predict_output", type=str | None, default=None,
+                help="CSV the predictions are written to (default: predictions.csv in the "
+                     "checkpoint's run folder, or beside the checkpoint)",
+            )
+        return parser
+
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # Parse the explicit argv list given by main(); LightningCLI's own version warns when
         # both that list and sys.argv are present, which is always the case here.
@@ -119,7 +135,6 @@ class TemplateCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             resolve_last_checkpoint(self.config[subcommand])
-
 
     # Data is read and checked before the Trainer runs: bad input then fails here, in the main
     # process, before any logger or checkpoint folder exists. Lightning's own prepare_data /
@@ -133,13 +148,47 @@ class TemplateCLI(LightningCLI):
     def before_test(self) -> None:
         self.check_data("test")
 
+    def before_predict(self) -> None:
+        config = self.config["predict"]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:
+            raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
+        if not Path(ckpt_path).is_file():
+            raise DataError(f"checkpoint not found: {ckpt_path}")
+        # The classes come from the checkpoint, never from the data to predict: the datamodule
+        # gets them before Lightning builds the model (configure_model sizes the head from
+        # them) and restores the weights.
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        data_state = checkpoint.get(type(self.datamodule).__qualname__) or {}
+        names = (checkpoint.get("hyper_parameters") or {}).get("class_names") \
+            or data_state.get("class_names")
+        if names and hasattr(self.datamodule, "load_state_dict"):
+            self.datamodule.load_state_dict({"class_names": list(names)})
+        self.check_data("predict")
+        writers = [c for c in self.trainer.callbacks if isinstance(c, PredictionCSVWriter)]
+        output = config.get("predict_output")
+        if not writers:
+            self.trainer.callbacks.append(
+                PredictionCSVWriter(output or default_predict_output(ckpt_path)))
+        elif output:
+            writers[0].output_path = Path(output)
+
     def check_data(self, stage: str) -> None:
         datamodule = self.datamodule
         if datamodule is None:
             return
-        if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # prepare_data is once per node
+        # prepare_data is once per node; prediction reads no training data.
+        if stage != "predict" and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             datamodule.prepare_data()
         datamodule.setup(stage)
+
+
+def default_predict_output(ckpt_path: str | Path) -> Path:
+    """``<run>/predictions.csv`` for a checkpoint in ``<run>/checkpoints/``, else beside it."""
+    folder = Path(ckpt_path).resolve().parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    return folder / "predictions.csv"
 
 
 def resolve_last_checkpoint(config: Any) -> None:
@@ -174,14 +223,19 @@ def main(args: list[str] | None = None) -> TemplateCLI:
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS
     if fit_then_test:
         argv.insert(0, "fit")
+    predicting = argv[0] == "predict"
     argv = expand_aliases(argv)
     defaults = {"default_config_files": [str(DEFAULT_CONFIG)], "epilog": ALIAS_HELP}
     try:
         cli = TemplateCLI(
             args=argv,
             parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
+            # Predict writes no logs: its config would overwrite the config.yaml of the run
+            # whose checkpoint it uses.
+            save_config_callback=None if predicting else SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [RunSummary()]},  # always added, whatever the config
+            # Always added, whatever the config; the metadata is what models.export needs.
+            trainer_defaults={"callbacks": [RunSummary(), PreprocessingMetadata()]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
         )
@@ -201,8 +255,11 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
     for callback in trainer.callbacks:
-        if isinstance(callback, RunSummary):
+        # Predict has no metrics, and its summary.json would replace the training run's.
+        if isinstance(callback, RunSummary) and not predicting:
             callback.report(trainer)
+        if isinstance(callback, PredictionCSVWriter) and callback.report:
+            print(callback.report)  # after the progress bar, only on rank 0 (which wrote it)
     return cli
 
 

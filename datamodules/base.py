@@ -141,9 +141,20 @@ class ClassificationDataModule(LightningDataModule):
     def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
         raise NotImplementedError
 
+    def build_predict_dataset(self) -> Dataset:
+        """The inputs to predict: items are ``(input, index)`` so a prediction can be mapped
+        back to its source whatever rank or order it was computed in."""
+        raise DataError(f"{type(self).__name__} has no predict data")
+
     # -- the shared story ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        if stage == "predict":
+            # Prediction needs neither the training table nor its splits: the class names come
+            # from the checkpoint (load_state_dict), not from the data.
+            if "predict" not in self.datasets:
+                self.datasets["predict"] = self.build_predict_dataset()
+            return
+        if all(split in self.datasets for split in SPLITS):
             return
         table = self.checked_table()
         split_rows = self.split_rows(table)
@@ -224,6 +235,10 @@ class ClassificationDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        # No sampler: Lightning shards it across ranks with an unrepeated distributed sampler.
+        return self._loader("predict")
 
     def train_sampler(self) -> EpochSeededSampler:
         trainer = self.trainer

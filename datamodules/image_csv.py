@@ -9,7 +9,7 @@ and then go through a ``torchvision.transforms.v2`` pipeline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
@@ -25,6 +26,7 @@ from torchvision.transforms import v2
 from datamodules.base import ClassificationDataModule, targets_tensor
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
+    SHOWN_PROBLEMS,
     DataError,
     Problem,
     check_image_file,
@@ -35,6 +37,25 @@ log = logging.getLogger(__name__)
 ReadMode = Literal["GRAY", "RGB", "UNCHANGED"]
 Validation = Literal["full", "header", "off"]
 CHANNELS = {"GRAY": 1, "RGB": 3}
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
+# Files a predict folder contributes. Formats torchvision cannot decode (BMP, TIFF) are listed
+# anyway, so they are reported as unreadable instead of silently left out.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A table by its suffix: Parquet, JSON, TSV, else CSV; an empty file is an empty table."""
+    if not path.is_file():
+        raise DataError(f"annotations file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".json":
+        return pd.read_json(path)
+    try:
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 class ImageCSVDataset(Dataset):
@@ -68,6 +89,15 @@ class ImageCSVDataset(Dataset):
         return image, self.targets[index]
 
 
+class PredictImageDataset(ImageCSVDataset):
+    """(image, index) pairs: the index maps each prediction back to ``paths[index]``, whichever
+    rank or batch it was computed in."""
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, _ = super().__getitem__(index)
+        return image, torch.tensor(index)
+
+
 class ImageCSVDataModule(ClassificationDataModule):
     """Train/val/test loaders over an annotations table and an image folder.
 
@@ -88,6 +118,10 @@ class ImageCSVDataModule(ClassificationDataModule):
         cache_images: decode every image once, in the main process, and keep the uint8 tensors
             in memory: no file is opened while training. Pair it with batch transforms.
         cache_max_gb: refuse to cache (with a message) when the decoded images would need more.
+        predict_path: what ``predict`` runs on: a folder (every image file in it, recursively,
+            in sorted order) or a table whose ``path_column`` lists the images, relative to
+            ``image_root`` if given, else to the table's folder. Unreadable images are reported
+            with their paths and skipped.
         **kwargs: split, sampler, loader and batch-transform options of
             :class:`~datamodules.base.ClassificationDataModule`.
     """
@@ -104,6 +138,7 @@ class ImageCSVDataModule(ClassificationDataModule):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_images: bool = False,
         cache_max_gb: float = 4.0,
+        predict_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,6 +146,9 @@ class ImageCSVDataModule(ClassificationDataModule):
                                           "train_batch_transforms", "eval_batch_transforms"])
         self.annotations = Path(annotations)
         self.image_root = Path(image_root) if image_root is not None else self.annotations.parent
+        self.explicit_image_root = image_root is not None
+        self.predict_path = Path(predict_path) if predict_path is not None else None
+        self.predict_problems: list[tuple[Path, str]] = []  # (path, why) of skipped images
         self.path_column = path_column
         self.read_mode = read_mode
         # Without any transforms images still reach the model as floats in [0, 1]; with batch
@@ -124,23 +162,14 @@ class ImageCSVDataModule(ClassificationDataModule):
         self.cache_images = cache_images
         self.cache_max_gb = cache_max_gb
         self._cache: dict[Path, Tensor] = {}
+        self._preprocessing: dict[str, Any] | None = None
 
     @property
     def source(self) -> str:
         return str(self.annotations)
 
     def load_table(self) -> pd.DataFrame:
-        if not self.annotations.is_file():
-            raise DataError(f"annotations file not found: {self.annotations}")
-        suffix = self.annotations.suffix.lower()
-        if suffix == ".parquet":
-            return pd.read_parquet(self.annotations)
-        if suffix == ".json":
-            return pd.read_json(self.annotations)
-        try:
-            return pd.read_csv(self.annotations, sep="\t" if suffix == ".tsv" else ",")
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
+        return read_table(self.annotations)
 
     def required_columns(self) -> list[str]:
         return [self.path_column, *super().required_columns()]
@@ -203,3 +232,100 @@ class ImageCSVDataModule(ClassificationDataModule):
         transform = self.train_transforms if split == "train" else self.eval_transforms
         cache = [self._cache[p] for p in paths] if self.cache_images else None
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache)
+
+    # -- predict ------------------------------------------------------------------------------
+    def predict_files(self) -> tuple[list[Path], Path]:
+        """The files to predict and the root they must stay inside."""
+        if self.predict_path is None:
+            raise DataError("nothing to predict: set data.init_args.predict_path to a folder of "
+                            "images or a table of image paths")
+        path = self.predict_path
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            return files, path
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            table = read_table(path)
+            if self.path_column not in table.columns:
+                raise DataError(f"{path}: missing column {self.path_column!r}; "
+                                f"found {list(table.columns)}")
+            root = self.image_root if self.explicit_image_root else path.parent
+            return [root / str(p) for p in table[self.path_column]], root
+        raise DataError(f"predict_path {path} is neither a folder nor a table "
+                        f"({', '.join(TABLE_SUFFIXES)})")
+
+    def build_predict_dataset(self) -> Dataset:
+        files, root = self.predict_files()
+        if not files:
+            raise DataError(f"predict_path {self.predict_path}: no image files "
+                            f"({', '.join(IMAGE_SUFFIXES)})")
+        readable = files
+        if self.validate_images != "off":
+            decode = self.validate_images == "full"
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                issues = list(pool.map(lambda p: check_image_file(p, root, decode,
+                                                                  self.max_pixels), files))
+            self.predict_problems = [(p, msg) for p, msg in zip(files, issues, strict=True) if msg]
+            readable = [p for p, msg in zip(files, issues, strict=True) if not msg]
+        if self.predict_problems:
+            self.report_unreadable(len(files))
+        if not readable:
+            raise DataError(f"predict_path {self.predict_path}: none of the {len(files)} "
+                            "image(s) can be read")
+        return PredictImageDataset(readable, None, self.read_mode, self.eval_transforms)
+
+    def report_unreadable(self, total: int) -> None:
+        """One summary line, then each skipped file with the reason (the first few; the
+        prediction writer lists them all next to the predictions)."""
+        lines = [f"  {message}" for _, message in self.predict_problems[:SHOWN_PROBLEMS]]
+        more = len(self.predict_problems) - SHOWN_PROBLEMS
+        if more > 0:
+            lines.append(f"  ... and {more} more")
+        rank_zero_warn("\n".join([
+            f"predict_path {self.predict_path}: skipping {len(self.predict_problems)} of {total} "
+            "image(s) that cannot be read:", *lines]))
+
+    # -- what an exported model needs to know -------------------------------------------------
+    def preprocessing(self) -> dict[str, Any] | None:
+        """How a file becomes the model's input, for models exported without this code: read
+        mode, the input shape the model sees (after per-image and batch eval transforms, e.g.
+        1x12x12 for 8x8 digits padded by 2) and the normalisation. Saved in checkpoints by
+        :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`; None before setup."""
+        if self._preprocessing is not None:
+            return self._preprocessing
+        # Not the training set: its transforms (random crops) need not give the eval size.
+        dataset = next((self.datasets[s] for s in ("val", "test", "predict")
+                        if s in self.datasets and len(self.datasets[s])), None)
+        if dataset is None:
+            return None
+        try:
+            batch = dataset[0][0].unsqueeze(0)
+            if self.eval_batch_transforms is not None:
+                batch = self.eval_batch_transforms(batch)
+        except (RuntimeError, OSError) as error:
+            # Metadata for export must never stop a checkpoint from being saved.
+            log.warning("input shape for export metadata unknown: %s", error)
+            return None
+        transforms = [t for t in (self.eval_transforms, self.eval_batch_transforms)
+                      if t is not None]
+        steps = [t for top in transforms for t in _flatten(top)]
+        normalize = [t for t in steps if isinstance(t, v2.Normalize)]
+        self._preprocessing = {
+            "read_mode": self.read_mode,
+            "input_shape": list(batch.shape[1:]),
+            "input_dtype": str(batch.dtype).removeprefix("torch."),
+            "mean": [float(m) for m in normalize[-1].mean] if normalize else None,
+            "std": [float(s) for s in normalize[-1].std] if normalize else None,
+            "eval_transforms": [repr(t) for t in steps],
+        }
+        return self._preprocessing
+
+
+def _flatten(transform: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """The steps of nested ``Compose`` pipelines, in order."""
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        for t in inner:
+            yield from _flatten(t)
+    else:
+        yield transform

@@ -1,0 +1,24 @@
+"""Records in every checkpoint how inputs are preprocessed, for models exported without this
+code (``models.export`` writes it next to the ONNX / TorchScript file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+class PreprocessingMetadata(Callback):
+    """Saves ``datamodule.preprocessing()`` (read mode, input shape after the eval transforms,
+    normalisation) as ``checkpoint["preprocessing"]``, for datamodules that describe it.
+
+    The transforms themselves are objects, not saved hyperparameters, so without this the
+    checkpoint would not say what input size and scaling the network was trained on.
+    """
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        describe = getattr(trainer.datamodule, "preprocessing", None)
+        metadata = describe() if callable(describe) else None
+        if metadata:
+            checkpoint["preprocessing"] = metadata

@@ -1,0 +1,196 @@
+"""Export a checkpoint's backbone to ONNX or TorchScript, with its preprocessing beside it.
+
+    python -m models.export --ckpt_path logs/digits/version_0/checkpoints/last.ckpt --format onnx
+    python -m models.export --ckpt_path ... --format torchscript --output model.pt
+
+Writes the model file and ``<model file>.json`` (class names, input shape, read mode,
+normalisation, the eval transforms, the parity measured), then loads the exported file back,
+runs it on random batches and compares its logits with the PyTorch model's: the export fails if
+they differ by more than ``--tolerance``. The exported model takes the normalised float batch
+(N, C, H, W) that the eval transforms produce and returns logits; softmax gives probabilities.
+ONNX runs in onnxruntime (``pip install -e ".[export]"``), TorchScript in plain torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+# load_from_checkpoint goes through jsonargparse; its deprecation notices concern Lightning.
+os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+
+import torch
+from torch import Tensor, nn
+
+from models.classifier import ImageClassifier
+
+Format = Literal["onnx", "torchscript"]
+SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+DEFAULT_TOLERANCE = 1e-4  # max |logit difference|; float32 kernels differ by ~1e-6 in practice
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ExportError(RuntimeError):
+    """The export cannot be made or does not match the PyTorch model."""
+
+
+def load_model(ckpt_path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The LightningModule and its bare network, both in eval mode, and the checkpoint's
+    metadata for the JSON file."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu",
+                                                 weights_only=True)
+    model.eval()
+    net = model.net if getattr(model, "net", None) is not None else model
+    # Lightning saves the datamodule's state under the datamodule's class name; train.py's
+    # PreprocessingMetadata callback adds "preprocessing".
+    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_state = checkpoint.get(str(data_hparams.get("_class_path", "")).rpartition(".")[2])
+    preprocessing = {"read_mode": data_hparams.get("read_mode"), "input_shape": None,
+                     "mean": None, "std": None, "eval_transforms": None,
+                     **(checkpoint.get("preprocessing") or {})}
+    meta = {
+        "checkpoint": str(ckpt_path),
+        "class_names": list(model.hparams.get("class_names")
+                            or (data_state or {}).get("class_names") or []),
+        **preprocessing,
+    }
+    return model, net, meta
+
+
+def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int | None) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
+            verbose=False,
+        )
+
+
+def export_torchscript(net: nn.Module, example: Tensor, path: Path, meta: dict[str, Any]) -> None:
+    with warnings.catch_warnings():
+        # TorchScript is deprecated upstream in favour of torch.export, but it is still what
+        # plain-torch and C++ (libtorch) deployments load; tracing works for any backbone
+        # without data-dependent control flow.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(net, example)
+        # The metadata travels inside the file as well: torch.jit.load(..., _extra_files=...).
+        torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
+
+
+def runner(fmt: Format, path: Path) -> Callable[[Tensor], Tensor]:
+    """The exported file, loaded the way a deployment would load it."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise ExportError('checking an ONNX export needs onnxruntime: '
+                              'pip install -e ".[export]"') from error
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+    return lambda x: module(x)
+
+
+def parity(model: nn.Module, run: Callable[[Tensor], Tensor], input_shape: Sequence[int],
+           batch_sizes: Sequence[int], seed: int = 0) -> float:
+    """Max |logit difference| between the Lightning model and the export over random batches
+    of these sizes (several sizes also prove the batch axis is dynamic)."""
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for size in batch_sizes:
+        x = torch.randn(size, *input_shape, generator=generator)
+        with torch.inference_mode():
+            expected = model(x)
+            got = run(x.clone())
+        if got.shape != expected.shape:
+            raise ExportError(f"export returned shape {tuple(got.shape)} for a batch of {size}; "
+                              f"expected {tuple(expected.shape)}")
+        worst = max(worst, (got - expected).abs().max().item())
+    return worst
+
+
+def export(
+    ckpt_path: str | Path,
+    fmt: Format = "onnx",
+    output: str | Path | None = None,
+    input_shape: Sequence[int] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    opset: int | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export, write the metadata and check parity; returns the model file and the metadata
+    (also written to ``<model file>.json``)."""
+    ckpt_path = Path(ckpt_path)
+    if not ckpt_path.is_file():
+        raise ExportError(f"checkpoint not found: {ckpt_path}")
+    model, net, meta = load_model(ckpt_path)
+    shape = list(input_shape or meta.get("input_shape") or [])
+    if not shape:
+        raise ExportError(f"{ckpt_path} does not record the input shape (train.py runs on "
+                          "ImageCSVDataModule record it); pass --input_shape C H W")
+    output = Path(output) if output else ckpt_path.with_suffix(SUFFIXES[fmt])
+    output.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": fmt, "model_file": output.name, "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME, **meta, "input_shape": shape, "dynamic_batch": True,
+            "output": "logits, shape (N, len(class_names)); softmax gives probabilities",
+            "torch_version": torch.__version__}
+    # Batch 2, not 1: tracing and torch.export would otherwise fix a batch size of 1.
+    example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    if fmt == "onnx":
+        export_onnx(net, example, output, opset)
+    elif fmt == "torchscript":
+        export_torchscript(net, example, output, meta)
+    else:
+        raise ExportError(f"unknown format {fmt!r}; use onnx or torchscript")
+    batch_sizes = [1, 4, 7]
+    max_diff = parity(model, runner(fmt, output), shape, batch_sizes)
+    meta["parity"] = {"max_abs_logit_diff": max_diff, "tolerance": tolerance,
+                      "batch_sizes": batch_sizes, "input": "torch.randn, seed 0"}
+    meta_path = output.with_name(output.name + ".json")
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    if not max_diff <= tolerance:  # also catches NaN
+        raise ExportError(f"{output}: exported logits differ from PyTorch's by {max_diff:.3g}, "
+                          f"more than the tolerance {tolerance:g}")
+    return output, meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    parser.add_argument("--output", default=None,
+                        help="model file (default: the checkpoint's path with .onnx / .pt)")
+    parser.add_argument("--input_shape", type=int, nargs="+", default=None, metavar="N",
+                        help="C H W as the model sees it, if the checkpoint does not record it")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="max |logit difference| allowed between export and PyTorch")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    args = parser.parse_args(argv)
+    try:
+        output, meta = export(args.ckpt_path, args.format, args.output, args.input_shape,
+                      args.tolerance, args.opset)
+    except ExportError as error:
+        sys.stderr.write(f"export: error: {error}\n")
+        return 1
+    check = meta["parity"]
+    print(f"Exported {meta['format']}: {output} (metadata: {output.name}.json), input "
+          f"Nx{'x'.join(map(str, meta['input_shape']))}, {len(meta['class_names'])} classes")
+    print(f"Parity: max |logit difference| {check['max_abs_logit_diff']:.2e} over batches of "
+          f"{check['batch_sizes']} (tolerance {check['tolerance']:g})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
