@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--config", action="append", default=[])
     args = parser.parse_args()
-    extra = [f"--config={c}" for c in args.config]
+    extra = [f"--config={Path(c).resolve()}" for c in args.config]
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
