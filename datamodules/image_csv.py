@@ -73,6 +73,7 @@ class ImageCSVDataset(Dataset):
         cache: list[Tensor] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
+        self._files = [str(p) for p in self.paths]  # decode_image takes str: convert once
         self.targets = targets_tensor(targets, len(self.paths))
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
@@ -82,7 +83,7 @@ class ImageCSVDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        image = self.cache[index] if self.cache is not None else load_image(self.paths[index],
+        image = self.cache[index] if self.cache is not None else load_image(self._files[index],
                                                                            self.mode)
         if self.transform is not None:
             image = self.transform(image)

@@ -48,7 +48,7 @@ class DataValidationError(DataError):
         super().__init__("\n".join([header + (f" ({hint})" if hint else ""), *lines]))
 
 
-def load_image(path: Path, mode: ImageReadMode) -> Tensor:
+def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
     """Decode to a uint8 CHW tensor with the requested channels (16-bit files scaled to 8)."""
     image = decode_image(str(path), mode=mode)
     if image.dtype != torch.uint8:
