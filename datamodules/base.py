@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +58,21 @@ def class_names_from(labels: pd.Series) -> list[str]:
     if all(k.lstrip("-").isdigit() for k in keys):
         keys.sort(key=int)
     return keys
+
+
+def read_table(path: Path, what: str = "annotations file") -> pd.DataFrame:
+    """A table by its suffix: Parquet, JSON, TSV, else CSV; an empty file is an empty table."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path)
+    if suffix == ".json":
+        return pd.read_json(path)
+    try:
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 class ClassificationDataModule(LightningDataModule):

@@ -16,7 +16,7 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.base import ClassificationDataModule, targets_tensor
+from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.validation import (
     DataError,
@@ -128,15 +128,7 @@ class DataFrameDataModule(ClassificationDataModule):
     def load_table(self) -> pd.DataFrame:
         if isinstance(self.data, pd.DataFrame):
             return self.data
-        path = Path(self.data)
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        if path.suffix.lower() == ".parquet":
-            return pd.read_parquet(path)
-        try:
-            return pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            return pd.DataFrame()
+        return read_table(Path(self.data), what="data file")
 
     def required_columns(self) -> list[str]:
         extra = [self.image_column] if self.image_column else list(self.feature_columns or [])

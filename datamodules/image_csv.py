@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from datamodules.base import ClassificationDataModule, targets_tensor
+from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
     SHOWN_PROBLEMS,
@@ -41,21 +41,6 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
 # Files a predict folder contributes. Formats torchvision cannot decode (BMP, TIFF) are listed
 # anyway, so they are reported as unreadable instead of silently left out.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    """A table by its suffix: Parquet, JSON, TSV, else CSV; an empty file is an empty table."""
-    if not path.is_file():
-        raise DataError(f"annotations file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix == ".json":
-        return pd.read_json(path)
-    try:
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 class ImageCSVDataset(Dataset):
