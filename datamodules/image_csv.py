@@ -29,7 +29,7 @@ from datamodules.validation import (
     SHOWN_PROBLEMS,
     DataError,
     Problem,
-    check_image_file,
+    check_image_files,
     load_image,
 )
 
@@ -168,10 +168,8 @@ class ImageCSVDataModule(ClassificationDataModule):
         if self.validate_images == "off":
             return []
         decode = self.validate_images == "full" and not self.cache_images  # the cache decodes
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            issues = pool.map(lambda p: check_image_file(p, self.image_root, decode,
-                                                         self.max_pixels), paths)
-            problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
+        issues = check_image_files(paths, self.image_root, decode, self.max_pixels)
+        problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
         if self.cache_images:
             bad_rows = {p.row for p in problems}
             problems += self.fill_cache([p for r, p in enumerate(paths) if r not in bad_rows],
@@ -248,9 +246,7 @@ class ImageCSVDataModule(ClassificationDataModule):
         readable = files
         if self.validate_images != "off":
             decode = self.validate_images == "full"
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                issues = list(pool.map(lambda p: check_image_file(p, root, decode,
-                                                                  self.max_pixels), files))
+            issues = check_image_files(files, root, decode, self.max_pixels)
             self.predict_problems = [(p, msg) for p, msg in zip(files, issues, strict=True) if msg]
             readable = [p for p, msg in zip(files, issues, strict=True) if not msg]
         if self.predict_problems:

@@ -7,6 +7,7 @@ message (the first few with file and row, and the total), not fix them one run a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,15 @@ def check_image_file(
         except RuntimeError as error:
             return f"cannot decode {path} (truncated or corrupt): {str(error).splitlines()[0]}"
     return None
+
+
+def check_image_files(
+    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[str | None]:
+    """:func:`check_image_file` for many files, on threads (decoding and file reads release the
+    GIL); one result per path, in order."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(lambda p: check_image_file(p, root, decode, max_pixels), paths))
 
 
 def non_finite_feature_problems(table: pd.DataFrame, columns: Sequence[str]) -> list[Problem]:
