@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from datamodules.batch_transforms import flatten_transforms
 from datamodules.show_batch import labelled_grid
 
 
@@ -223,14 +224,9 @@ def _normalize_stats(
 
 
 def _find_normalize(transform: Any) -> tuple[list[float], list[float]] | None:
-    if transform is None:
-        return None
-    if type(transform).__name__ == "Normalize" and hasattr(transform, "mean"):
-        return list(transform.mean), list(transform.std)
-    for child in getattr(transform, "transforms", None) or []:
-        found = _find_normalize(child)
-        if found is not None:
-            return found
+    for step in flatten_transforms(transform):
+        if type(step).__name__ == "Normalize" and hasattr(step, "mean"):
+            return list(step.mean), list(step.std)
     return None
 
 

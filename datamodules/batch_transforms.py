@@ -10,6 +10,7 @@ batches and can be mixed in with ``v2.Compose``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,3 +63,13 @@ def apply_to_inputs(transform: Any, batch: Any) -> Any:
     """Apply ``transform`` to the first element of an (inputs, targets, ...) batch."""
     inputs, *rest = batch
     return (transform(inputs), *rest)
+
+
+def flatten_transforms(transform: Any) -> Iterator[Any]:
+    """The steps of nested ``Compose`` pipelines, in order (to find e.g. their ``Normalize``)."""
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        for step in inner:
+            yield from flatten_transforms(step)
+    elif transform is not None:
+        yield transform

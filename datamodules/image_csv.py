@@ -9,7 +9,7 @@ and then go through a ``torchvision.transforms.v2`` pipeline.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +24,7 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, read_table, targets_tensor
+from datamodules.batch_transforms import flatten_transforms
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
     SHOWN_PROBLEMS,
@@ -290,7 +291,7 @@ class ImageCSVDataModule(ClassificationDataModule):
             return None
         transforms = [t for t in (self.eval_transforms, self.eval_batch_transforms)
                       if t is not None]
-        steps = [t for top in transforms for t in _flatten(top)]
+        steps = [t for top in transforms for t in flatten_transforms(top)]
         normalize = [t for t in steps if isinstance(t, v2.Normalize)]
         self._preprocessing = {
             "read_mode": self.read_mode,
@@ -301,13 +302,3 @@ class ImageCSVDataModule(ClassificationDataModule):
             "eval_transforms": [repr(t) for t in steps],
         }
         return self._preprocessing
-
-
-def _flatten(transform: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
-    """The steps of nested ``Compose`` pipelines, in order."""
-    inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)):
-        for t in inner:
-            yield from _flatten(t)
-    else:
-        yield transform
