@@ -27,10 +27,10 @@ from datamodules.base import ClassificationDataModule, read_table, targets_tenso
 from datamodules.batch_transforms import flatten_transforms
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
-    SHOWN_PROBLEMS,
     DataError,
     Problem,
     check_image_files,
+    first_problems,
     load_image,
 )
 
@@ -260,10 +260,7 @@ class ImageCSVDataModule(ClassificationDataModule):
     def report_unreadable(self, total: int) -> None:
         """One summary line, then each skipped file with the reason (the first few; the
         prediction writer lists them all next to the predictions)."""
-        lines = [f"  {message}" for _, message in self.predict_problems[:SHOWN_PROBLEMS]]
-        more = len(self.predict_problems) - SHOWN_PROBLEMS
-        if more > 0:
-            lines.append(f"  ... and {more} more")
+        lines = first_problems([message for _, message in self.predict_problems])
         rank_zero_warn("\n".join([
             f"predict_path {self.predict_path}: skipping {len(self.predict_problems)} of {total} "
             "image(s) that cannot be read:", *lines]))

@@ -25,6 +25,14 @@ SHOWN_PROBLEMS = 10
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
+def first_problems(messages: Sequence[str]) -> list[str]:
+    """The first SHOWN_PROBLEMS messages, indented, and how many more there are."""
+    lines = [f"  {m}" for m in messages[:SHOWN_PROBLEMS]]
+    if len(messages) > SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(messages) - SHOWN_PROBLEMS} more")
+    return lines
+
+
 @dataclass(frozen=True)
 class Problem:
     row: int  # 0-based position in the table, as pandas shows it
@@ -41,10 +49,7 @@ class DataValidationError(DataError):
 
     def __init__(self, source: str, problems: Sequence[Problem], hint: str = "") -> None:
         self.problems = list(problems)
-        lines = [f"  row {p.row}: {p.message}" for p in self.problems[:SHOWN_PROBLEMS]]
-        more = len(self.problems) - SHOWN_PROBLEMS
-        if more > 0:
-            lines.append(f"  ... and {more} more")
+        lines = first_problems([f"row {p.row}: {p.message}" for p in self.problems])
         header = f"{source}: {len(self.problems)} invalid row(s)"
         super().__init__("\n".join([header + (f" ({hint})" if hint else ""), *lines]))
 
