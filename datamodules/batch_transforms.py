@@ -10,12 +10,13 @@ batches and can be mixed in with ``v2.Compose``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 
@@ -57,6 +58,32 @@ class RandomHorizontalFlipBatch(v2.Transform):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class ToFloatNormalize(v2.Normalize):
+    """``ToDtype(float32, scale=True)`` followed by ``Normalize(mean, std)``, in one step.
+
+    The pair makes four passes over the pixels and allocates twice (the float copy, then
+    Normalize's out-of-place result); this makes two passes into one allocation, which is
+    most of the per-batch cost once images are cached. ``mean`` and ``std`` are in the [0, 1]
+    scale, exactly as for ``Normalize``, and it is a ``Normalize``, so code looking up the
+    normalisation (export metadata, TensorBoard pictures) finds it. Float inputs are taken as
+    already scaled and only normalized.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(mean, std)
+        if not all(self.std):
+            raise ValueError(f"ToFloatNormalize: std must not contain zeros, got {self.std}")
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not isinstance(inpt, Tensor) or inpt.dtype != torch.uint8:
+            return super().transform(inpt, params)
+        mean = torch.tensor(self.mean, device=inpt.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, device=inpt.device).view(-1, 1, 1)
+        # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
+        out = inpt.to(torch.float32).mul_(1.0 / (255.0 * std)).sub_(mean / std)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
 
 def apply_to_inputs(transform: Any, batch: Any) -> Any:

@@ -44,8 +44,30 @@ def test_show_batch_writes_an_hwc_grid_with_the_images_in_place(tmp_path: Path) 
     assert picture.mode == "RGB"
     tile = 32 + 12 + 2  # enlarged image, label strip, padding
     assert picture.size == (2 + 2 * (32 + 2), 2 + 2 * tile)
-    pixels = torch.from_numpy(__import__("numpy").asarray(picture))
+    pixels = torch.from_numpy(__import__("numpy").array(picture))
     first, second = pixels[2:34, 2:34], pixels[2:34, 36:68]
     assert int(first.max()) == 0 and int(second.min()) == 255  # not transposed or mixed
     label_strip = pixels[34:46, 2:34]
     assert int(label_strip.min()) < 128  # the label text was drawn
+
+
+def test_to_float_normalize_equals_todtype_then_normalize_on_batches_and_single_images() -> None:
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    from datamodules.batch_transforms import ToFloatNormalize
+
+    mean, std = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    fused = ToFloatNormalize(mean, std)
+    batch = torch.randint(0, 256, (8, 3, 5, 7), dtype=torch.uint8)
+
+    for images in (batch, batch[0], tv_tensors.Image(batch[1])):
+        out = fused(images)
+        assert out.dtype == torch.float32 and out.shape == images.shape
+        assert type(out) is type(images)  # a TVTensor stays one, for later v2 steps
+        torch.testing.assert_close(out, reference(images), rtol=0, atol=1e-6)
+    # Float input is taken as already scaled to [0, 1]: plain Normalize.
+    scaled = batch.float() / 255
+    torch.testing.assert_close(fused(scaled), v2.Normalize(mean, std)(scaled))
+    assert isinstance(fused, v2.Normalize)  # export metadata and TensorBoard find its mean/std
