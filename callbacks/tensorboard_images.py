@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
+from torchvision import transforms
+from torchvision.transforms import v2
 
 from datamodules.batch_transforms import flatten_transforms
 from datamodules.show_batch import labelled_grid
@@ -225,7 +227,8 @@ def _normalize_stats(
 
 def _find_normalize(transform: Any) -> tuple[list[float], list[float]] | None:
     for step in flatten_transforms(transform):
-        if type(step).__name__ == "Normalize" and hasattr(step, "mean"):
+        # v1 and v2 Normalize and subclasses (datamodules.batch_transforms.ToFloatNormalize).
+        if isinstance(step, (v2.Normalize, transforms.Normalize)):
             return list(step.mean), list(step.std)
     return None
 
