@@ -39,8 +39,10 @@ class FreezeBackbone(BaseFinetuning):
 
     The model is built (``configure_model``, which Lightning requires to be idempotent) when
     the callback freezes it, before ``configure_optimizers``, so frozen parameters never enter
-    the optimizer. ``train_bn`` keeps BatchNorm layers trainable while frozen, as Lightning's
-    default does: their statistics adapt to the new data at little cost.
+    the optimizer. ``train_bn`` keeps BatchNorm layers trainable (parameters and running
+    statistics) while the rest is frozen, as Lightning's default does: they adapt to the new
+    data at little cost. ``train_bn: false`` freezes them too. After the unfreeze everything
+    trains, BatchNorm included.
     """
 
     def __init__(
@@ -98,7 +100,9 @@ class FreezeBackbone(BaseFinetuning):
     def unfreeze(self, pl_module: LightningModule, optimizer: Optimizer) -> None:
         modules = self.backbone_modules(pl_module)
         self.make_trainable(modules)
-        wanted = {id(p) for p in self.filter_params(modules, train_bn=self.train_bn)}
+        # BatchNorm included even with train_bn=False (Lightning would make it trainable but
+        # leave it out of the optimizer, computing gradients it never applies).
+        wanted = {id(p) for p in self.filter_params(modules, train_bn=True)}
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         lr = optimizer.param_groups[0]["lr"] * self.backbone_lr_ratio
         for group in self._decay_groups(pl_module):

@@ -14,7 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 import train
-from callbacks.finetuning import extend_scheduler
+from callbacks.finetuning import FreezeBackbone, extend_scheduler
 from callbacks.matmul_precision import MatmulPrecision
 from models.classifier import ImageClassifier
 from models.pretrained import WeightsFileError
@@ -173,8 +173,7 @@ class RecordFreezing(Callback):
             "backbone_trains": params[self.backbone].requires_grad,
             "head_trains": params[self.head].requires_grad,
             "lrs": [g["lr"] for g in groups],
-            "weight_decays": [g["weight_decay"] for g in groups],
-            "group_sizes": [len(g["params"]) for g in groups],
+            "groups": [(g["weight_decay"], {p.ndim for p in g["params"]}) for g in groups],
         })
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -209,16 +208,53 @@ def test_transfer_config_trains_the_head_then_unfreezes_the_backbone_at_its_epoc
     loaded = torch.load(run_dir / "weights" / "resnet18.pth", weights_only=True)
     assert torch.equal(record.backbone_after_epoch[1], loaded["layer1.0.conv1.weight"])
     assert not torch.equal(record.backbone_after_epoch[2], record.backbone_after_epoch[1])
-    # While frozen: the head's two groups (decayed weights; biases and norms, BatchNorm
-    # included as train_bn keeps it trainable, without decay). Then two more, split the same
-    # way, at 0.1 x the head's LR and scheduled with it.
-    assert all(len(b["lrs"]) == 2 for b in by_epoch[0] + by_epoch[1])
+    # While frozen: the head's weights (decayed) and the 1-D head bias and BatchNorm
+    # parameters (train_bn keeps them trainable; no decay). Then the backbone's conv weights
+    # (ResNet convs have no bias) in their own decayed group, at 0.1 x the head's LR.
+    for batch in by_epoch[0] + by_epoch[1]:
+        assert batch["groups"] == [(0.05, {2}), (0.0, {1})]
     for batch in by_epoch[2]:
-        assert batch["weight_decays"] == [0.05, 0.0, 0.05, 0.0]
+        assert batch["groups"] == [(0.05, {2}), (0.0, {1}), (0.05, {4})]
         assert batch["lrs"][2] == pytest.approx(0.1 * batch["lrs"][0])
-        assert batch["lrs"][3] == pytest.approx(0.1 * batch["lrs"][0])
     lrs = [b["lrs"][2] for b in by_epoch[2]]
     assert len(set(lrs)) == len(lrs)  # OneCycle moves the new groups every step
+
+
+class RecordSmallCNN(Callback):
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, Any]] = []
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        conv, norm, _ = pl_module.net.features[0]  # type: ignore[index]
+        self.epochs.append({
+            "conv_trains": conv.weight.requires_grad,
+            "norm_mean": norm.running_mean.clone(),
+            "groups": [(g["weight_decay"], {p.ndim for p in g["params"]})
+                       for g in trainer.optimizers[0].param_groups],
+        })
+
+
+def test_frozen_batchnorm_joins_at_the_unfreeze_in_a_group_without_weight_decay(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 1, 12, 12), torch.arange(32) % 3)
+    model = ImageClassifier(SmallCNN, num_classes=3, optimizer=lambda params: torch.optim.AdamW(
+        params, lr=0.01, weight_decay=0.05))
+    start = model.net.features[0][1].running_mean.clone()
+    record = RecordSmallCNN()
+    trainer = Trainer(default_root_dir=tmp_path, max_epochs=2, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[
+                          FreezeBackbone(unfreeze_at_epoch=1, train_bn=False), record])
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))
+
+    frozen, unfrozen = record.epochs
+    assert not frozen["conv_trains"] and unfrozen["conv_trains"]
+    assert torch.equal(frozen["norm_mean"], start)  # frozen BatchNorm kept its statistics
+    assert not torch.equal(unfrozen["norm_mean"], start)
+    assert frozen["groups"] == [(0.05, {2}), (0.0, {1})]  # the head: weight, bias
+    assert unfrozen["groups"] == [(0.05, {2}), (0.0, {1}), (0.05, {4}), (0.0, {1})]
 
 
 class CrashInFourthEpoch(Callback):
@@ -242,7 +278,7 @@ def test_resume_after_the_unfreeze_keeps_the_backbone_training_at_its_ratio(
     assert [b["epoch"] for b in fourth] == [3, 3]  # only the epoch that was left
     for batch in fourth:
         assert batch["backbone_trains"]
-        assert batch["weight_decays"] == [0.05, 0.0, 0.05, 0.0]
+        assert batch["groups"] == [(0.05, {2}), (0.0, {1}), (0.05, {4})]
         assert batch["lrs"][2] == pytest.approx(0.1 * batch["lrs"][0])
     assert len({b["lrs"][2] for b in fourth}) == 2  # still scheduled after the resume
 
