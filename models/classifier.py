@@ -129,6 +129,19 @@ class ImageClassifier(LightningModule):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the backbone's ``weights_path`` as null: the trained weights are in the
+        checkpoint, and ``load_from_checkpoint`` must not need the pretrained file they started
+        from (often a relative path, or not on the machine that serves the model). The run's
+        ``config.yaml`` still names it."""
+        hparams = checkpoint.get("hyper_parameters") or {}
+        backbone = hparams.get("backbone")
+        init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
+        if isinstance(init_args, dict) and init_args.get("weights_path"):
+            # Copies: the checkpoint's hparams share their nested dicts with self.hparams.
+            checkpoint["hyper_parameters"] = {**hparams, "backbone": {
+                **backbone, "init_args": {**init_args, "weights_path": None}}}
+
     # -- forward and the shared step ---------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         assert self.net is not None, "call configure_model() or pass num_classes first"

@@ -218,6 +218,13 @@ def test_transfer_config_trains_the_head_then_unfreezes_the_backbone_at_its_epoc
         assert batch["lrs"][2] == pytest.approx(0.1 * batch["lrs"][0])
     lrs = [b["lrs"][2] for b in by_epoch[2]]
     assert len(set(lrs)) == len(lrs)  # OneCycle moves the new groups every step
+    # The checkpoint reloads without the pretrained file it started from.
+    (run_dir / "weights" / "resnet18.pth").unlink()
+    last = run_dir / "logs" / "transfer" / "version_0" / "checkpoints" / "last.ckpt"
+    reloaded = ImageClassifier.load_from_checkpoint(last, map_location="cpu")
+    for key, tensor in cli.model.net.state_dict().items():
+        assert torch.equal(reloaded.net.state_dict()[key], tensor.cpu()), key
+    assert cli.model.hparams["backbone"]["init_args"]["weights_path"] == "weights/resnet18.pth"
 
 
 class RecordSmallCNN(Callback):
