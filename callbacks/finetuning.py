@@ -118,6 +118,7 @@ class FreezeBackbone(BaseFinetuning):
     def _decay_groups(pl_module: LightningModule) -> list[dict[str, Any]]:
         """The weight-decay split ``ImageClassifier.configure_optimizers`` makes."""
         hparams = getattr(pl_module, "hparams", {})
+        # ImageClassifier's extra no-decay names (its option and the backbone's own list).
         names_of = getattr(pl_module, "_no_decay_names", None)
         return param_groups_weight_decay(
             pl_module, names_of() if callable(names_of) else (),

@@ -52,9 +52,9 @@ class ImageClassifier(LightningModule):
             ``load_from_checkpoint`` rebuilds the same network.
         class_names: likewise, so predictions can be reported with the original labels.
         channels_last: keep the backbone's weights and the input batches in NHWC memory
-            layout. Off by default: it pays on GPUs with tensor cores under 16-bit precision
-            (cuDNN's fastest convolutions are NHWC) and does nothing useful for an MLP or on
-            CPU.
+            layout. Off by default: it is meant for conv nets on GPUs with tensor cores under
+            16-bit precision (cuDNN's fastest convolutions are NHWC); an MLP's 2-D inputs are
+            left as they are.
         compile_backbone: ``torch.compile`` the backbone (``nn.Module.compile``, so checkpoint
             keys stay the same); a dict is passed to it as keyword arguments, e.g.
             ``{mode: max-autotune}``. Off by default: compiling costs start-up time (49 s for
