@@ -69,21 +69,21 @@ def _network_of_checkpoint(state: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
 def load_pretrained(
     model: nn.Module,
     path: str | Path,
-    head: Iterable[str] = (),
+    replaced: Iterable[str] = (),
     stem: str | None = None,
-    skip: Iterable[str] = (),
 ) -> None:
     """Copy the tensors of ``path`` into ``model``.
 
     Args:
-        head: names of the head's tensors (e.g. ``fc.weight``); skipped if their shape differs.
-        stem: name of the first convolution's weight; adapted if its input channels differ.
-        skip: names never loaded because the network replaced those layers on purpose (e.g. a
-            small-input stem); logged.
+        replaced: names of tensors of layers the network rebuilt on purpose (the head, sized
+            for the classes; a small-input stem): loaded when their shape matches, otherwise
+            left as initialised and logged.
+        stem: name of the first convolution's weight; adapted if only its input channels
+            differ.
     """
     state = read_state_dict(path)
     own = model.state_dict()
-    head, skip = set(head), set(skip)
+    replaced = set(replaced)
     to_load: dict[str, Tensor] = {}
     skipped: list[str] = []
     unexpected: list[str] = []
@@ -91,20 +91,18 @@ def load_pretrained(
     for name, tensor in state.items():
         if name not in own:
             unexpected.append(name)
-        elif name in skip:
-            skipped.append(name)
         elif tensor.shape == own[name].shape:
             to_load[name] = tensor
         elif name == stem and _same_but_input_channels(tensor, own[name]):
             to_load[name] = adapt_input_channels(tensor, own[name].shape[1])
             log.info("%s: %s adapted from %d to %d input channels", path, name,
                      tensor.shape[1], own[name].shape[1])
-        elif name in head:
+        elif name in replaced:
             skipped.append(name)
         else:
             mismatched.append(f"{name} {tuple(tensor.shape)} vs {tuple(own[name].shape)}")
     result = model.load_state_dict(to_load, strict=False)
-    missing = [k for k in result.missing_keys if k not in head and k not in skip]
+    missing = [k for k in result.missing_keys if k not in replaced]
     problems = [f"{label}: {_first(keys)}" for label, keys in (
         ("missing", missing), ("unexpected", unexpected),
         ("shape differs (file vs model)", mismatched)) if keys]

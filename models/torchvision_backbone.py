@@ -46,7 +46,8 @@ class TorchvisionBackbone(nn.Module):
         small_input: for images of ~32 px or less, ResNet-style models (``conv1`` +
             ``maxpool``) get a 3x3 stride-1 first convolution and no max-pool, as for CIFAR:
             the ImageNet stem divides the input by 4 before the first block, leaving a 12x12
-            digit 3x3 pixels. The stem's pretrained weights are then not loaded (7x7 vs 3x3).
+            digit 3x3 pixels. An ImageNet stem's weights then do not fit (7x7 vs 3x3) and are
+            not loaded; those of a small-input checkpoint are.
         model_kwargs: more keyword arguments for the torchvision constructor, e.g.
             ``{dropout: 0.3}`` for EfficientNet.
     """
@@ -79,9 +80,8 @@ class TorchvisionBackbone(nn.Module):
         self.head_name = _head_name(self.model, num_classes)
         if weights_path is not None:
             load_pretrained(
-                self.model, Path(weights_path),
-                head=[f"{self.head_name}.weight", f"{self.head_name}.bias"],
-                stem=f"{stem_name}.weight", skip=replaced,
+                self.model, Path(weights_path), stem=f"{stem_name}.weight",
+                replaced=[f"{self.head_name}.weight", f"{self.head_name}.bias", *replaced],
             )
             log.info("TorchvisionBackbone: %s weights loaded from %s", name, weights_path)
 

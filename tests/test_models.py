@@ -137,6 +137,12 @@ def test_weights_file_loads_into_a_grayscale_backbone_with_a_new_head(tmp_path: 
     # RGB stem summed over colours: a gray image gets the RGB response to the same image.
     assert torch.allclose(own["conv1.weight"], state["conv1.weight"].sum(1, keepdim=True))
     assert own["fc.weight"].shape == (10, 512)  # 1000-class head skipped, not loaded
+    # A small-input stem (3x3) cannot take the 7x7 ImageNet stem; the rest still loads.
+    small = TorchvisionBackbone(10, "resnet18", in_channels=1, small_input=True,
+                                weights_path=str(tmp_path / "r18.pth"))
+    assert small.model.conv1.weight.shape == (64, 1, 3, 3)
+    assert torch.equal(small.model.state_dict()["layer1.0.conv1.weight"],
+                       state["layer1.0.conv1.weight"])
 
 
 def test_weights_file_of_another_architecture_is_one_error_naming_the_file(
