@@ -22,7 +22,9 @@ def test_config_trains_and_tests_with_tiny_limits(
     config: Path, tmp_path: Path, digits_root: Path
 ) -> None:
     args = base_args(digits_root, tmp_path / "logs")
-    data_class = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("class_path")
+    settings = yaml.safe_load(config.read_text()) or {}
+    write_weights_file_it_names(settings, tmp_path)
+    data_class = settings.get("data", {}).get("class_path")
     if data_class not in (None, "datamodules.digits.DigitsDataModule"):
         args = [a for a in args if not a.startswith("--data.")]  # brings its own data
     result = run_train_subprocess(
@@ -32,3 +34,17 @@ def test_config_trains_and_tests_with_tiny_limits(
     assert result.returncode == 0, output[-4000:]
     assert "test/acc" in output
     assert "Run summary" in output
+
+
+def write_weights_file_it_names(settings: dict, folder: Path) -> None:
+    """Transfer-learning configs name a local weights file that users save once (see the
+    config); here it is a freshly initialised torchvision model's state_dict, same format."""
+    backbone = settings.get("model", {}).get("init_args", {}).get("backbone", {})
+    init_args = backbone.get("init_args", {})
+    if init_args.get("weights_path"):
+        import torch
+        import torchvision
+
+        path = folder / init_args["weights_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model(init_args["name"]).state_dict(), path)
