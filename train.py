@@ -35,6 +35,7 @@ from callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from callbacks.prediction_writer import PredictionCSVWriter
 from callbacks.preprocessing_metadata import PreprocessingMetadata
 from callbacks.progress import default_progress_bar
+from callbacks.rank_failure import ReportRankFailure
 from callbacks.rng_state import RNGState
 from callbacks.run_summary import RunSummary
 from datamodules.validation import DataError
@@ -250,10 +251,11 @@ def main(args: list[str] | None = None) -> TemplateCLI:
             save_config_callback=None if predicting else SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
             # Always added, whatever the config: the metadata is what models.export needs, the
-            # RNG states make a resumed run draw what the uninterrupted one would have, and a
-            # NaN loss stops the run before it reaches the weights.
+            # RNG states make a resumed run draw what the uninterrupted one would have, a NaN
+            # loss stops the run before it reaches the weights, and a failing DDP rank is named
+            # and takes the others down with it.
             trainer_defaults={"callbacks": [RunSummary(), PreprocessingMetadata(), RNGState(),
-                                            StopOnNonFiniteLoss()]},
+                                            StopOnNonFiniteLoss(), ReportRankFailure()]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
         )

@@ -9,6 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.finite_loss import NonFiniteLossError, all_finite
 
@@ -32,6 +33,8 @@ class Checkpoint(ModelCheckpoint):
     resumed from there. Here it is rewritten at every epoch's save point (every
     ``every_n_epochs`` epochs), improved or not.
 
+    Under DDP only Ctrl+C and SIGTERM (which reach every rank) are saved: an exception on one
+    rank would leave the save waiting for ranks that are still training.
     No exception checkpoint is written after a NaN/inf loss
     (:class:`~callbacks.finite_loss.NonFiniteLossError`) or when any weight is no longer finite:
     resuming from that state would only repeat the failure, and the last good ``last.ckpt`` is
@@ -75,6 +78,12 @@ class Checkpoint(ModelCheckpoint):
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
         if trainer.state.fn != TrainerFn.FITTING or not self._should_save_on_exception(trainer):
+            return
+        if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt,
+                                                                   SIGTERMException)):
+            # Saving is collective (a barrier, rank 0 writes); an exception on one rank finds
+            # the others inside a training step, so the save would hang the job. Ctrl+C and
+            # SIGTERM reach every rank, which then save together.
             return
         if isinstance(exception, NonFiniteLossError) or not all_finite(pl_module):
             rank_zero_info(f"{type(exception).__name__}: not saving the non-finite state; "
