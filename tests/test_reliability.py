@@ -148,9 +148,9 @@ def test_kill_9_while_writing_last_checkpoint_leaves_the_previous_one_loadable(
                                   cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, output(killed)
     checkpoints = only_run(logs) / "checkpoints"
-    # The new file was open for writing when the process died: only its temporary copy exists.
-    assert (checkpoints / ".last.ckpt.partial").is_file()
     assert load(checkpoints / "last.ckpt")["global_step"] == 4  # the previous one, whole
+    # The new file was open for writing when the process died: under its temporary name.
+    assert (checkpoints / ".last.ckpt.partial").is_file()
 
     resumed = run_train_subprocess([*args, "--ckpt_path=last"], cwd=tmp_path)
 
