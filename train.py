@@ -125,6 +125,11 @@ class TemplateCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str,
                                    **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Checkpoints are loaded as tensors and plain types only: a checkpoint from elsewhere
+        # cannot run code when it is resumed, tested or predicted from. Lightning leaves this
+        # to torch's default, which loads full pickles before torch 2.6.
+        # `--weights_only false` opts back in for trusted files that need it.
+        parser.set_defaults(weights_only=True)
         # Only `predict` has this option, so fit's saved config.yaml does not carry it.
         if subcommand == "predict":
             parser.add_argument(
@@ -278,7 +283,8 @@ def main(args: list[str] | None = None) -> TemplateCLI:
     trainer = cli.trainer
     if fit_then_test and not trainer.interrupted and trainer.state.finished:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None,
+                     weights_only=True)
     for callback in trainer.callbacks:
         # Predict has no metrics, and its summary.json would replace the training run's.
         if isinstance(callback, RunSummary) and not predicting:

@@ -76,3 +76,14 @@ class RaiseOnRankAtStep(Callback):
                              batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             raise RuntimeError(f"simulated failure on rank {self.rank}")
+
+
+class MakeDirWhenLoaded:
+    """A checkpoint entry that runs code when unpickled (here: creates ``path``), as a
+    malicious checkpoint would."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return os.mkdir, (self.path,)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import base_args, run_train_subprocess
+from tests.conftest import REPO, base_args, run_train_subprocess
 
 pytestmark = pytest.mark.reliability
 HOOKS = "tests.reliability_hooks"
@@ -209,6 +210,39 @@ def test_ddp_rank_1_failure_ends_the_job_fast_names_the_rank_and_leaves_no_proce
     assert set(ranks) == {"rank0", "rank1"}
     alive = {rank: pid for rank, pid in ranks.items() if process_alive(pid)}
     assert not alive, f"still running: {alive}"
+
+
+# -- 6. untrusted checkpoints load as tensors and plain types only ----------------------------
+@pytest.mark.slow
+def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_by_every_command(
+    tmp_path: Path, digits_root: Path
+) -> None:
+    from tests.reliability_hooks import MakeDirWhenLoaded
+
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "x": MakeDirWhenLoaded(str(marker))},
+               evil)
+    train_args = base_args(digits_root, tmp_path / "logs")
+    commands = {
+        "resume": [str(REPO / "train.py"), *train_args, f"--ckpt_path={evil}"],
+        "test": [str(REPO / "train.py"), "test", *train_args, f"--ckpt_path={evil}"],
+        "predict": [str(REPO / "train.py"), "predict", *train_args, f"--ckpt_path={evil}",
+                    f"--data.init_args.predict_path={digits_root / 'images'}"],
+        "export": ["-m", "models.export", f"--ckpt_path={evil}", "--format=torchscript"],
+    }
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, check=False,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = dict(zip(commands, pool.map(run, commands.values()), strict=True))
+    for name, result in results.items():
+        assert result.returncode != 0, (name, output(result))
+        assert "Weights only load failed" in result.stderr, (name, output(result))
+    assert not marker.exists(), "unpickling ran the checkpoint's code"
 
 # -- 5. bad inputs: refused before the first step, in one line, with no run left behind -------
 def write_image_table(root: Path, image: Callable[[int], None] | None = None) -> Path:
