@@ -125,10 +125,10 @@ class TemplateCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str,
                                    **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        # Checkpoints are loaded as tensors and plain types only: a checkpoint from elsewhere
-        # cannot run code when it is resumed, tested or predicted from. Lightning leaves this
-        # to torch's default, which loads full pickles before torch 2.6.
-        # `--weights_only false` opts back in for trusted files that need it.
+        # Checkpoints are restored as tensors and plain types only, so a checkpoint from
+        # elsewhere cannot run code. LightningCLI already reads --ckpt_path that way (for its
+        # hyperparameters); the restore itself would follow torch's default, which loads full
+        # pickles before torch 2.6.
         parser.set_defaults(weights_only=True)
         # Only `predict` has this option, so fit's saved config.yaml does not carry it.
         if subcommand == "predict":
