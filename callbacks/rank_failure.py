@@ -34,3 +34,5 @@ class ReportRankFailure(Callback):
         launcher = trainer.strategy.launcher
         if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
             launcher.kill(signal.SIGKILL)
+            for process in launcher.procs:  # gone before this process exits: no orphans
+                process.wait(timeout=30)

@@ -192,20 +192,22 @@ def process_alive(pid: int) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_rank_1_failure_ends_the_job_fast_names_the_rank_and_leaves_no_process(
-    tmp_path: Path, digits_root: Path
+@pytest.mark.parametrize("rank", [1, 0])
+def test_ddp_rank_failure_ends_the_job_fast_names_the_rank_and_leaves_no_process(
+    tmp_path: Path, digits_root: Path, rank: int
 ) -> None:
     pids = tmp_path / "pids"
     started = time.monotonic()
     result = run_train_subprocess(
         [*base_args(digits_root, tmp_path / "logs"), *SHORT, "--devices=2",
-         hook("RaiseOnRankAtStep", rank=1, step=2, pid_dir=str(pids))],
+         hook("RaiseOnRankAtStep", rank=rank, step=2, pid_dir=str(pids))],
         cwd=tmp_path, timeout=120)
     elapsed = time.monotonic() - started
 
     assert result.returncode != 0, output(result)
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
-    assert "rank 1 failed" in result.stderr, output(result)
+    first = next(line for line in result.stderr.splitlines() if " failed: " in line)
+    assert first == f"train.py: rank {rank} failed: RuntimeError: simulated failure on rank {rank}"
     ranks = {p.stem: int(p.read_text()) for p in pids.glob("rank*.pid")}
     assert set(ranks) == {"rank0", "rank1"}
     alive = {rank: pid for rank, pid in ranks.items() if process_alive(pid)}
