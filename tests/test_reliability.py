@@ -32,7 +32,7 @@ HOOKS = "tests.reliability_hooks"
 
 # 3 epochs of 4 steps, checkpointed every epoch; the default config otherwise (num_workers 0).
 SHORT = ["--max_epochs=3", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
-         "--trainer.limit_test_batches=2", "--trainer.num_sanity_val_steps=2"]
+         "--trainer.limit_test_batches=2"]
 
 
 def hook(name: str, **init_args: object) -> str:
