@@ -26,12 +26,17 @@ import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.checkpoint import Checkpoint
+from callbacks.finite_loss import NonFiniteLossError, StopOnNonFiniteLoss
 from callbacks.prediction_writer import PredictionCSVWriter
 from callbacks.preprocessing_metadata import PreprocessingMetadata
 from callbacks.progress import default_progress_bar
+from callbacks.rank_failure import ReportRankFailure
+from callbacks.rng_state import RNGState
 from callbacks.run_summary import RunSummary
 from datamodules.validation import DataError
 
@@ -94,9 +99,9 @@ def condense_error(message: str, max_parts: int = 4) -> str:
 
 class TemplateCLI(LightningCLI):
     """LightningCLI with the default config, one-line errors, a forced ModelCheckpoint
-    (``--checkpoint.*``; it also saves ``last.ckpt`` on an exception or SIGTERM), a progress bar
-    chosen for the terminal, and ``--ckpt_path last`` resolved to the newest run's
-    ``last.ckpt``."""
+    (``--checkpoint.*``; it also saves ``last.ckpt`` on an exception or SIGTERM) whose files are
+    written atomically, a progress bar chosen for the terminal, and ``--ckpt_path last``
+    resolved to the newest run's ``last.ckpt``."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         self.parser_class = OneLineErrorParser
@@ -114,11 +119,17 @@ class TemplateCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in listed
         ):
             callbacks = [*callbacks, default_progress_bar()]
+        config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"))
         return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str,
                                    **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Checkpoints are restored as tensors and plain types only, so a checkpoint from
+        # elsewhere cannot run code. LightningCLI already reads --ckpt_path that way (for its
+        # hyperparameters); the restore itself would follow torch's default, which loads full
+        # pickles before torch 2.6.
+        parser.set_defaults(weights_only=True)
         # Only `predict` has this option, so fit's saved config.yaml does not carry it.
         if subcommand == "predict":
             parser.add_argument(
@@ -183,6 +194,16 @@ class TemplateCLI(LightningCLI):
         datamodule.setup(stage)
 
 
+def with_atomic_checkpoint_io(plugins: Any) -> Any:
+    """The configured plugins plus :class:`AtomicCheckpointIO`, unless one of them already says
+    how checkpoints are written."""
+    listed = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) \
+        else [plugins]
+    if any(isinstance(p, CheckpointIO) for p in listed):
+        return plugins
+    return [*listed, AtomicCheckpointIO()]
+
+
 def default_predict_output(ckpt_path: str | Path) -> Path:
     """``<run>/predictions.csv`` for a checkpoint in ``<run>/checkpoints/``, else beside it."""
     folder = Path(ckpt_path).resolve().parent
@@ -234,8 +255,12 @@ def main(args: list[str] | None = None) -> TemplateCLI:
             # whose checkpoint it uses.
             save_config_callback=None if predicting else SaveConfigCallback,
             save_config_kwargs={"overwrite": True},
-            # Always added, whatever the config; the metadata is what models.export needs.
-            trainer_defaults={"callbacks": [RunSummary(), PreprocessingMetadata()]},
+            # Always added, whatever the config: the metadata is what models.export needs, the
+            # RNG states make a resumed run draw what the uninterrupted one would have, a NaN
+            # loss stops the run before it reaches the weights, and a failing DDP rank is named
+            # and takes the others down with it.
+            trainer_defaults={"callbacks": [RunSummary(), PreprocessingMetadata(), RNGState(),
+                                            StopOnNonFiniteLoss(), ReportRankFailure()]},
             seed_everything_default=0,
             auto_configure_optimizers=False,
         )
@@ -244,6 +269,11 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         # message names the file/row/option, a traceback into Lightning would only hide it.
         sys.stderr.write(f"train.py: error: {error}\n")
         sys.exit(2)
+    except NonFiniteLossError as error:
+        # The weights never saw the bad step and no checkpoint was written for it: say where it
+        # happened, without a traceback through Lightning's loops.
+        sys.stderr.write(f"train.py: error: {error}\n")
+        sys.exit(1)
     except SIGTERMException:
         # Pre-empted: Lightning finished the batch, the checkpoint callback saved last.ckpt.
         # Exit 143 (128 + SIGTERM) like a killed process, so a scheduler requeues the job
@@ -253,7 +283,8 @@ def main(args: list[str] | None = None) -> TemplateCLI:
     trainer = cli.trainer
     if fit_then_test and not trainer.interrupted and trainer.state.finished:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
+        trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None,
+                     weights_only=True)
     for callback in trainer.callbacks:
         # Predict has no metrics, and its summary.json would replace the training run's.
         if isinstance(callback, RunSummary) and not predicting:

@@ -1,4 +1,5 @@
-"""ModelCheckpoint that also saves ``last.ckpt`` when fit stops on an exception or SIGTERM."""
+"""ModelCheckpoint whose ``last.ckpt`` is always the latest epoch, and is also saved when fit
+stops on an exception or SIGTERM."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from callbacks.finite_loss import NonFiniteLossError, all_finite
 
 
 class Checkpoint(ModelCheckpoint):
@@ -22,20 +26,69 @@ class Checkpoint(ModelCheckpoint):
     checkpoint but is not one; and with ``save_last: link`` its ``last.ckpt`` would point at
     the previous, older checkpoint. Nothing is saved outside fit, under ``fast_dev_run``, during
     the sanity check, or when this step is already saved.
+
+    Lightning 2.6 rewrites ``last.ckpt`` at the end of an epoch only when a top-k checkpoint
+    was saved at that step, i.e. only when the monitored metric improved: after an epoch without
+    improvement ``last.ckpt`` still held an older epoch, and ``--ckpt_path last`` silently
+    resumed from there. Here it is rewritten at every epoch's save point (every
+    ``every_n_epochs`` epochs), improved or not.
+
+    Under DDP only Ctrl+C and SIGTERM (which reach every rank) are saved: an exception on one
+    rank would leave the save waiting for ranks that are still training.
+    No exception checkpoint is written after a NaN/inf loss
+    (:class:`~callbacks.finite_loss.NonFiniteLossError`) or when any weight is no longer finite:
+    resuming from that state would only repeat the failure, and the last good ``last.ckpt`` is
+    worth more than a dead one.
     """
 
-    def on_exception(
-        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
-    ) -> None:
-        if trainer.state.fn != TrainerFn.FITTING or not self._should_save_on_exception(trainer):
-            return
-        candidates = self._monitor_candidates(trainer)
-        filepath = self.format_checkpoint_name(candidates, self.CHECKPOINT_NAME_LAST)
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = self._epoch_save_due(trainer, at_train_epoch_end=True)
+        super().on_train_epoch_end(trainer, pl_module)
+        if due and self._last_global_step_saved != trainer.global_step:
+            self._write_last(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        due = self._epoch_save_due(trainer, at_train_epoch_end=False)
+        super().on_validation_end(trainer, pl_module)
+        if due and self._last_global_step_saved != trainer.global_step:
+            self._write_last(trainer)
+
+    def _epoch_save_due(self, trainer: Trainer, at_train_epoch_end: bool) -> bool:
+        """Whether ModelCheckpoint saves in this hook (checked before it runs: saving changes
+        the answer)."""
+        every = self._every_n_epochs
+        return (bool(self.save_last) and every >= 1
+                and (trainer.current_epoch + 1) % every == 0
+                and not self._should_skip_saving_checkpoint(trainer)
+                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end)
+
+    def _write_last(self, trainer: Trainer) -> str:
+        """Save the current state as ``last.ckpt`` (a file, never a link to an older one)."""
+        filepath = self.format_checkpoint_name(self._monitor_candidates(trainer),
+                                               self.CHECKPOINT_NAME_LAST)
         if trainer.is_global_zero and os.path.islink(filepath):
             os.remove(filepath)  # a real file, not a link to an older checkpoint
         # Before saving: the saved callback state must name this file, or the resumed run
         # would write last-v1.ckpt beside it instead of replacing it.
         self.last_model_path = filepath
         self._save_checkpoint(trainer, filepath)
+        return filepath
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        if trainer.state.fn != TrainerFn.FITTING or not self._should_save_on_exception(trainer):
+            return
+        if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt,
+                                                                   SIGTERMException)):
+            # Saving is collective (a barrier, rank 0 writes); an exception on one rank finds
+            # the others inside a training step, so the save would hang the job. Ctrl+C and
+            # SIGTERM reach every rank, which then save together.
+            return
+        if isinstance(exception, NonFiniteLossError) or not all_finite(pl_module):
+            rank_zero_info(f"{type(exception).__name__}: not saving the non-finite state; "
+                           f"{self.last_model_path or 'no checkpoint'} is the last good one")
+            return
+        filepath = self._write_last(trainer)
         rank_zero_info(f"{type(exception).__name__} at step {trainer.global_step}: saved "
                        f"{filepath} (resume with --ckpt_path last)")

@@ -286,6 +286,11 @@ class ClassificationDataModule(LightningDataModule):
         workers = self.num_workers
         if workers is None:
             workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
+        # Each new loader iterator draws a base seed for its workers. From its own generator, not
+        # torch's global one: otherwise every epoch (with num_workers=0 or non-persistent
+        # workers: a new iterator per epoch; persistent ones: only the first) would move the
+        # global stream, and dropout would depend on the worker setting and on resuming.
+        generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -294,6 +299,7 @@ class ClassificationDataModule(LightningDataModule):
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
+            generator=generator,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

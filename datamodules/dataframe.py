@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.image_csv import ImageCSVDataset, ReadMode
+from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DataError,
     Problem,
@@ -56,7 +57,8 @@ class InMemoryImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image = cell_to_image(self.cells[index], self.mode)
         if self.transform is not None:
-            image = self.transform(image)
+            # Seeded per draw by the training sampler: see datamodules.samplers.SeededIndex.
+            image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
         return image, self.targets[index]
 
 

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.batch_transforms import flatten_transforms
+from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -72,7 +73,9 @@ class ImageCSVDataset(Dataset):
         image = self.cache[index] if self.cache is not None else load_image(self._files[index],
                                                                            self.mode)
         if self.transform is not None:
-            image = self.transform(image)
+            # Seeded per draw by the training sampler (seed, epoch, position), so augmentation
+            # does not depend on worker count or lifetime: see datamodules.samplers.SeededIndex.
+            image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
         return image, self.targets[index]
 
 

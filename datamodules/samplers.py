@@ -6,18 +6,58 @@ subclass ``DistributedSampler`` on purpose: Lightning then uses them as they are
 wrapping them in ``DistributedSamplerWrapper`` (which is only right when every rank's inner
 sampler happens to draw identically, the bug behind Lightning #10946/#12866), and its loops call
 ``set_epoch`` on them.
+
+Each index they yield is a :class:`SeededIndex`: an ``int`` that also carries a seed drawn from
+(seed, epoch, position in the draw). A dataset runs its random per-sample transforms under that
+seed (:func:`call_with_seed`), so augmentation depends on neither the number of loader workers
+nor how long they live, and a run resumed at an epoch boundary augments exactly as the
+uninterrupted run did.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
 SamplerName = Literal["sequential", "random", "weighted", "subset_random"]
+T = TypeVar("T")
+
+
+class SeededIndex(int):
+    """A dataset index that carries the random seed for this one draw of the sample.
+
+    It is an ``int`` everywhere (list and tensor indexing, comparisons), so datasets that know
+    nothing of seeds work unchanged; it travels through the loader's index queue to worker
+    processes with the index, which no per-dataset epoch counter would do reliably.
+    """
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return SeededIndex, (int(self), self.seed)
+
+    def __repr__(self) -> str:
+        return f"SeededIndex({int(self)}, seed={self.seed})"
+
+
+def call_with_seed(function: Callable[..., T], *args: Any, seed: int | None) -> T:
+    """``function(*args)`` with torch's CPU generator seeded by ``seed``, then put back as it was,
+    so the caller's random stream (the main process's, with ``num_workers=0``) does not move.
+    torchvision's v2 transforms draw from this generator. ``seed=None`` just calls it."""
+    if seed is None:
+        return function(*args)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)  # CPU only: CUDA streams untouched
+        return function(*args)
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -30,14 +70,19 @@ class EpochSeededSampler(DistributedSampler):
     def global_order(self, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[SeededIndex]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self.global_order(generator)
         # Pad by repeating the start so every rank gets the same number of batches, as
         # DistributedSampler does (a rank with fewer batches would hang the others).
         while len(order) < self.total_size:
             order = torch.cat([order, order[: self.total_size - len(order)]])
-        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
+        # One seed per position of the global draw, drawn after the order (which is therefore
+        # unchanged): a row drawn twice (weighted sampling) is augmented differently each time,
+        # and the seeds do not depend on the number of ranks.
+        seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
+        shard = slice(self.rank, self.total_size, self.num_replicas)
+        return map(SeededIndex, order[shard].tolist(), seeds[shard].tolist())
 
 
 class SequentialShardSampler(EpochSeededSampler):

@@ -45,13 +45,19 @@ class DataError(ValueError):
 
 
 class DataValidationError(DataError):
-    """Invalid rows: one error listing the first problems with their rows, and the count."""
+    """Invalid rows: one error listing the first problems with their rows, and the count; a
+    single problem is one line."""
 
     def __init__(self, source: str, problems: Sequence[Problem], hint: str = "") -> None:
         self.problems = list(problems)
+        suffix = f" ({hint})" if hint else ""
+        if len(self.problems) == 1:  # the common case gets one line: file, row and problem
+            only = self.problems[0]
+            super().__init__(f"{source}: 1 invalid row: row {only.row}: {only.message}{suffix}")
+            return
         lines = first_problems([f"row {p.row}: {p.message}" for p in self.problems])
         header = f"{source}: {len(self.problems)} invalid row(s)"
-        super().__init__("\n".join([header + (f" ({hint})" if hint else ""), *lines]))
+        super().__init__("\n".join([header + suffix, *lines]))
 
 
 def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
