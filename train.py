@@ -192,6 +192,12 @@ class TemplateCLI(LightningCLI):
         if stage != "predict" and int(os.environ.get("LOCAL_RANK", 0)) == 0:
             datamodule.prepare_data()
         datamodule.setup(stage)
+        # The model too, for the same reason (ImageClassifier.build_for): Lightning's own
+        # configure_model call later finds it built.
+        build_for = getattr(self.model, "build_for", None)
+        names = getattr(datamodule, "class_names", None)
+        if callable(build_for) and names:
+            build_for(list(names))
 
 
 def with_atomic_checkpoint_io(plugins: Any) -> Any:

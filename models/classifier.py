@@ -93,7 +93,15 @@ class ImageClassifier(LightningModule):
         """Build the backbone from the datamodule's classes (Lightning calls this after setup)."""
         # _trainer, not trainer: load_from_checkpoint calls this hook with no trainer attached.
         datamodule = getattr(self._trainer, "datamodule", None)
-        names = list(getattr(datamodule, "class_names", None) or [])
+        self.build_for(list(getattr(datamodule, "class_names", None) or []))
+
+    def build_for(self, names: list[str]) -> None:
+        """Build the backbone for these classes, or check a built one was trained on them.
+
+        train.py calls it as soon as the data is read, before the Trainer runs: a backbone that
+        cannot be built (a weights file that does not fit, an unknown torchvision name) then
+        fails before any run folder exists. Calling it again is a no-op.
+        """
         if self.net is None:
             if not names:
                 raise ValueError(

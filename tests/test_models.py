@@ -159,6 +159,21 @@ def test_weights_file_of_another_architecture_is_one_error_naming_the_file(
         TorchvisionBackbone(10, "resnet18", weights_path=str(tmp_path / "nope.pth"))
 
 
+def test_a_weights_file_that_does_not_fit_stops_train_py_before_any_run_folder(
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = run_dir / "r34.pth"
+    save_torchvision_weights(path, "resnet34")
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--config", str(REPO / "configs" / "resnet18.yaml"),
+                    *base_args(digits_root, run_dir / "logs"), *TINY,
+                    f"--model.init_args.backbone.init_args.weights_path={path}"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("train.py: error:") and str(path) in error and "\n" not in error
+    assert not (run_dir / "logs").exists()
+
+
 class RecordFreezing(Callback):
     """Per training batch: whether a backbone and a head weight train, the optimizer groups'
     LRs and weight decays; per epoch end, a copy of the backbone weight."""
@@ -226,8 +241,9 @@ def test_transfer_config_trains_the_head_then_unfreezes_the_backbone_at_its_epoc
     assert len(set(lrs)) == len(lrs)  # OneCycle moves the new groups every step
     # The checkpoint reloads without the pretrained file it started from.
     (run_dir / "weights" / "resnet18.pth").unlink()
-    last = run_dir / "logs" / "transfer" / "version_0" / "checkpoints" / "last.ckpt"
-    reloaded = ImageClassifier.load_from_checkpoint(last, map_location="cpu")
+    # The best one: train.py's final test loaded its weights into cli.model.
+    best = cli.trainer.checkpoint_callback.best_model_path
+    reloaded = ImageClassifier.load_from_checkpoint(best, map_location="cpu")
     for key, tensor in cli.model.net.state_dict().items():
         assert torch.equal(reloaded.net.state_dict()[key], tensor.cpu()), key
     assert cli.model.hparams["backbone"]["init_args"]["weights_path"] == "weights/resnet18.pth"
