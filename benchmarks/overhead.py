@@ -1,7 +1,7 @@
 """Wall time of the template's fit against a hand-written PyTorch loop and Lightning's own floor,
 ``Trainer(barebones=True)``, doing the same training, run alternately in one process.
 
-    python benchmarks/overhead.py [--repeats 5] [--epochs 10]
+    python benchmarks/overhead.py [--repeats 5] [--epochs 10] [--threads N]
 
 Every variant trains the default digits recipe from the same seed: ``SmallCNN`` with the
 default widths, the same cached uint8 images through the same ``DigitsDataModule`` loaders
@@ -269,7 +269,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, one per core); 1 keeps "
+                             "timings stable on a machine other processes share")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # "GPU available: ..."
     with tempfile.TemporaryDirectory() as tmp:
         times, steps = measure(args.repeats, args.epochs, Path(tmp))
