@@ -16,6 +16,8 @@ The check here costs one device-to-host sync per step (none extra on CPU).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
@@ -31,7 +33,9 @@ class StopOnNonFiniteLoss(Callback):
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
                            loss: Tensor) -> None:
-        if bool(torch.isfinite(loss.detach()).all()):
+        # A scalar's .item() is the cheapest check on CPU (~1 us against ~15 for isfinite().all()
+        # and bool()); on a GPU either is one device-to-host sync.
+        if math.isfinite(loss.item()) if loss.numel() == 1 else bool(loss.isfinite().all()):
             return
         value = loss.detach().float().cpu()
         shown = f"{value.item()}" if value.numel() == 1 else "non-finite"
