@@ -417,3 +417,24 @@ def test_matmul_precision_is_set_for_the_run_and_restored(tmp_path: Path) -> Non
     trainer.fit(BoringModel())
     assert record.during == "medium"
     assert torch.get_float32_matmul_precision() == before
+
+
+def test_per_class_validation_accuracy_reaches_tensorboard_and_agrees_with_accuracy(
+    run_dir: Path, digits_root: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY])
+
+    events = EventAccumulator(str(run_dir / "logs" / "digits" / "version_0"))
+    events.Reload()
+    names = cli.model.hparams["class_names"]
+    tags = [f"val/acc_per_class/{name}" for name in names]
+    assert set(tags) <= set(events.Tags()["scalars"])
+    assert {f"test/acc_per_class/{name}" for name in names} <= set(events.Tags()["scalars"])
+    per_class = torch.tensor([events.Scalars(tag)[-1].value for tag in tags])
+    # Weighted by each class's share of the validation batches seen, they give val/acc.
+    seen = cli.datamodule.datasets["val"].targets[: 2 * cli.datamodule.batch_size]
+    counts = torch.bincount(seen, minlength=len(names)).float()
+    overall = events.Scalars("val/acc")[-1].value
+    assert float((per_class * counts).sum() / counts.sum()) == pytest.approx(overall, abs=1e-5)
