@@ -188,6 +188,8 @@ class ImageCSVDataModule(ClassificationDataModule):
         def decode(path: Path) -> Tensor | str:
             try:
                 return load_image(path, ImageReadMode[self.read_mode])
+            except OSError as error:  # validate_images: off lets missing files reach here
+                return f"cannot read {path}: {error.strerror or error}"
             except RuntimeError as error:
                 return f"cannot decode {path} (truncated or corrupt): {str(error).splitlines()[0]}"
 
