@@ -22,8 +22,8 @@ steps, and a validation pass over the 144 validation images after every epoch.
 
 The time is that of ``Trainer.fit`` (for the loop, the same span: model, optimizer and all
 epochs), so argument parsing and reading the images, the same for everyone, are left out.
-Medians over ``--repeats`` rounds; the variants alternate within each round so that load from
-other processes spreads over all of them.
+The variants alternate within each round, ``--repeats`` rounds; times are medians over rounds,
+ratios the median of the per-round ratios (see ``paired_ratio``).
 """
 
 from __future__ import annotations
@@ -250,19 +250,27 @@ def measure(repeats: int, epochs: int, workdir: Path) -> tuple[dict[str, list[fl
     return times, epochs * len(data.train_dataloader())
 
 
+def paired_ratio(times: dict[str, list[float]], name: str, versus: str) -> float:
+    """Median over rounds of ``name``'s time over ``versus``'s in the same round. The machine's
+    speed drifts by ~10 % over minutes (a fixed matmul loop varies that much here); runs a few
+    seconds apart see nearly the same speed, so per-round ratios are far steadier than a ratio
+    of medians taken over the whole invocation."""
+    return statistics.median(t / v for t, v in zip(times[name], times[versus], strict=True))
+
+
 def print_table(times: dict[str, list[float]], epochs: int, steps: int) -> None:
     median = {name: statistics.median(t) for name, t in times.items()}
-    plain = median["plain PyTorch loop"]
-    barebones = median["Lightning, Trainer(barebones=True)"]
     rounds = len(next(iter(times.values())))
     print(f"{epochs} epochs, {steps} steps of batch {BATCH_SIZE}, {rounds} alternating rounds, "
-          f"{torch.get_num_threads()} torch threads\n")
+          f"{torch.get_num_threads()} torch threads; ratios: median over rounds of the ratio "
+          "within the round\n")
     print("| variant | s per epoch (median) | fit s (median) | min | vs plain loop | "
           "vs barebones |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, t in times.items():
         print(f"| {name} | {median[name] / epochs:.3f} | {median[name]:.2f} | {min(t):.2f} | "
-              f"{median[name] / plain:.2f}x | {median[name] / barebones:.2f}x |")
+              f"{paired_ratio(times, name, 'plain PyTorch loop'):.2f}x | "
+              f"{paired_ratio(times, name, 'Lightning, Trainer(barebones=True)'):.2f}x |")
 
 
 def main() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import grad_norm
 from torch.optim import Optimizer
+
+from callbacks.direct_logging import log_to_loggers
 
 
 class GradNormLogger(Callback):
@@ -14,9 +16,10 @@ class GradNormLogger(Callback):
     Lightning calls ``on_before_optimizer_step`` after backward (and after AMP unscaling) but
     *before* ``configure_gradient_clipping``, so this is the pre-clip norm: compare it with
     ``trainer.gradient_clip_val`` to see how often and how hard clipping acts. The norm is
-    computed only on the steps that are logged (one norm per parameter costs a device sync) and
+    computed only on the steps that are logged, as one fused norm with a single device sync, and
     is not reduced across ranks: DDP gradients are already identical on every rank after
-    backward.
+    backward. It goes straight to the loggers (see ``callbacks.direct_logging``), so it is not
+    in ``trainer.callback_metrics``.
 
     Args:
         norm_type: the p of the p-norm; ``2`` matches ``gradient_clip_algorithm: norm``,
@@ -35,12 +38,15 @@ class GradNormLogger(Callback):
         # step-level metrics reach the logger, so no norm is computed only to be dropped.
         if not trainer._logger_connector.should_update_logs:
             return
-        norms = grad_norm(pl_module, self.norm_type, group_separator="/")
-        if not norms:
+        named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
+        if not named:
             return
-        total = norms.pop(f"grad_{self.norm_type}_norm_total")
-        metrics = {"grad_norm/total": total}
+        # One fused norm over all gradients and one device sync, where Lightning's grad_norm
+        # converts each parameter's norm to a Python float (a sync each on a GPU).
+        total = torch.nn.utils.get_total_norm([g for _, g in named], self.norm_type)
+        metrics = {"grad_norm/total": total.item()}
         if self.log_per_parameter:
-            prefix = f"grad_{self.norm_type}_norm/"
-            metrics.update({f"grad_norm/{k.removeprefix(prefix)}": v for k, v in norms.items()})
-        pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=False)
+            norms = torch.stack([g.norm(self.norm_type) for _, g in named]).tolist()
+            metrics.update({f"grad_norm/{name}": n for (name, _), n in zip(named, norms,
+                                                                            strict=True)})
+        log_to_loggers(trainer, metrics)
