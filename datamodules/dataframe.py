@@ -40,6 +40,12 @@ class FeatureDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.features[index], self.targets[index]
 
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+        """A batch's rows with one indexing operation instead of a call per row."""
+        rows = torch.tensor([int(i) for i in indices])
+        features, targets = self.features.index_select(0, rows), self.targets.index_select(0, rows)
+        return list(zip(features.unbind(), targets.unbind(), strict=True))
+
 
 class InMemoryImageDataset(Dataset):
     """Images held in the DataFrame itself: encoded bytes (PNG/JPEG/...) or arrays (HW/HWC)."""

@@ -48,7 +48,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".ti
 class ImageCSVDataset(Dataset):
     """(image, target) pairs from a list of files; ``target`` is -1 where there is no label.
 
-    With ``cache`` (decoded uint8 images, one per path) no file is opened at all.
+    With ``cache`` (decoded uint8 images, one per path: a list, or one ``N x C x H x W`` tensor
+    when they all have the same size) no file is opened at all.
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class ImageCSVDataset(Dataset):
         targets: np.ndarray | None = None,
         read_mode: ReadMode = "RGB",
         transform: Callable[[Tensor], Tensor] | None = None,
-        cache: list[Tensor] | None = None,
+        cache: Sequence[Tensor] | Tensor | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self._files = [str(p) for p in self.paths]  # decode_image takes str: convert once
@@ -77,6 +78,24 @@ class ImageCSVDataset(Dataset):
             # does not depend on worker count or lifetime: see datamodules.samplers.SeededIndex.
             image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
         return image, self.targets[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+        """A batch's samples (the DataLoader calls this instead of one ``__getitem__`` each).
+        Cached images of one size that have no per-image transform (augmentation runs on the
+        batch) are gathered with one indexing operation: ~10x less per-sample Python."""
+        if self.transform is not None or not isinstance(self.cache, Tensor):
+            return [self[index] for index in indices]
+        rows = torch.tensor([int(i) for i in indices])
+        # index_select copies whole rows; cache[rows] (advanced indexing) was 20x slower here.
+        images, targets = self.cache.index_select(0, rows), self.targets.index_select(0, rows)
+        return list(zip(images.unbind(), targets.unbind(), strict=True))
+
+
+def stack_if_same_size(images: list[Tensor]) -> list[Tensor] | Tensor:
+    """One ``N x C x H x W`` tensor if every image has the same shape, else the list."""
+    if images and all(image.shape == images[0].shape for image in images):
+        return torch.stack(images)
+    return images
 
 
 class PredictImageDataset(ImageCSVDataset):
@@ -220,7 +239,9 @@ class ImageCSVDataModule(ClassificationDataModule):
     def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
         paths = self.image_paths(table)
         transform = self.train_transforms if split == "train" else self.eval_transforms
-        cache = [self._cache[p] for p in paths] if self.cache_images else None
+        cache = stack_if_same_size([self._cache[p] for p in paths]) if self.cache_images else None
+        if isinstance(cache, Tensor):  # keep one copy: the dict now holds views into the stack
+            self._cache.update(zip(paths, cache.unbind(), strict=True))
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache)
 
     # -- predict ------------------------------------------------------------------------------

@@ -101,6 +101,31 @@ def test_cached_images_are_decoded_once_before_training_and_never_read_again(
     assert len(opened) == len(uncached.datasets["train"])  # the control does read files
 
 
+@pytest.mark.parametrize("same_size", [True, False])
+def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
+    tmp_path: Path, same_size: bool
+) -> None:
+    table = make_images(tmp_path, 40, ["a", "b", "c"])
+    if not same_size:  # a list cache, one tensor per image, read per sample
+        write_png(torch.full((1, 6, 6), 7, dtype=torch.uint8), str(tmp_path / "img/0.png"))
+        write_png(torch.full((1, 6, 9), 7, dtype=torch.uint8), str(tmp_path / "img/1.png"))
+    options = {"read_mode": "GRAY", "num_workers": 0, "batch_size": 8,
+               "train_batch_transforms": torch.nn.Identity(), "sampler": "random",
+               "val_fraction": 0.0, "test_fraction": 0.0,
+               "split_column": None}
+    cached = ImageCSVDataModule(table, cache_images=True, **options)
+    uncached = ImageCSVDataModule(table, **options)
+    cached.setup("fit")
+    uncached.setup("fit")
+    assert isinstance(cached.datasets["train"].cache, torch.Tensor) == same_size
+    batch_size = 1 if not same_size else 8  # images of two sizes cannot share a batch
+    for data in (cached, uncached):
+        data.batch_size = batch_size
+    for got, expected in zip(cached.train_dataloader(), uncached.train_dataloader(),
+                             strict=True):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
 def test_cache_that_would_not_fit_is_refused_with_the_size(tmp_path: Path) -> None:
     table = make_images(tmp_path, 4, ["a", "b"], size=100)
     data = ImageCSVDataModule(table, read_mode="RGB", cache_images=True, cache_max_gb=1e-6,
