@@ -57,6 +57,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return None
 
 
+def link_atomically(source: _PATH, target: _PATH) -> bool:
+    """Make ``target`` a second name (hard link) of the complete file ``source``, replacing any
+    old ``target`` atomically; False where that is not possible (remote paths, filesystems
+    without hard links). Safe only because every save here writes a new file and renames it:
+    nothing is ever rewritten in place, so the two names cannot diverge."""
+    if "://" in str(target) or "://" in str(source):
+        return False
+    target = Path(target)
+    temporary = partial_path(target)
+    try:
+        temporary.unlink(missing_ok=True)
+        os.link(source, temporary)
+        os.replace(temporary, target)
+    except OSError:
+        temporary.unlink(missing_ok=True)
+        return False
+    sync_folder(target.parent)
+    return True
+
+
 def sync_folder(folder: Path) -> None:
     """Persist the rename itself (the folder entry); not possible on every OS, so best effort."""
     with contextlib.suppress(OSError):

@@ -4,6 +4,7 @@ stops on an exception or SIGTERM."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -11,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from callbacks.atomic_checkpoint_io import AtomicCheckpointIO, link_atomically
 from callbacks.finite_loss import NonFiniteLossError, all_finite
 
 
@@ -33,6 +35,13 @@ class Checkpoint(ModelCheckpoint):
     resumed from there. Here it is rewritten at every epoch's save point (every
     ``every_n_epochs`` epochs), improved or not.
 
+    When the best checkpoint was just written at this step, ``last.ckpt`` becomes a hard link
+    to it instead of a second serialisation and write of the same state (Lightning writes
+    both), which halves checkpoint I/O in every epoch that improves. Only with
+    :class:`~callbacks.atomic_checkpoint_io.AtomicCheckpointIO` (never rewrites a file in
+    place, so the two names cannot diverge) and only once ``last.ckpt`` exists (the saved state
+    names it); otherwise, and where links fail, the file is written in full.
+
     Under DDP only Ctrl+C and SIGTERM (which reach every rank) are saved: an exception on one
     rank would leave the save waiting for ranks that are still training.
     No exception checkpoint is written after a NaN/inf loss
@@ -52,6 +61,29 @@ class Checkpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if due and self._last_global_step_saved != trainer.global_step:
             self._write_last(trainer)
+
+    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
+        # Lightning calls this right after the top-k save of the same step, if there was one.
+        self._link_from = None
+        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+            self._link_from = (self._last_checkpoint_saved, self.last_model_path)
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self._link_from = None
+
+    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
+        link = getattr(self, "_link_from", None)
+        # The linked file's saved state names last_model_path as it was before this save:
+        # only link when that is this very file.
+        if (link is not None and link[1] == filepath and link[0] != filepath
+                and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)):
+            linked = link_atomically(link[0], filepath) if trainer.is_global_zero else False
+            if trainer.strategy.broadcast(linked):
+                self._last_global_step_saved = trainer.global_step
+                self._last_checkpoint_saved = filepath
+                return
+        super()._save_checkpoint(trainer, filepath)
 
     def _epoch_save_due(self, trainer: Trainer, at_train_epoch_end: bool) -> bool:
         """Whether ModelCheckpoint saves in this hook (checked before it runs: saving changes

@@ -146,6 +146,30 @@ def test_confusion_matrix_picture_has_a_cell_per_class_pair() -> None:
     assert big.width <= 1200 and big.height <= 1200
 
 
+# -- last.ckpt --------------------------------------------------------------------------------
+@pytest.mark.parametrize("improves", [True, False])
+def test_last_checkpoint_is_a_link_to_the_best_saved_at_the_same_step_and_loads_alone(
+    run_dir: Path, digits_root: Path, improves: bool
+) -> None:
+    logs = run_dir / "logs"
+    # monitor=step: "max" improves at every epoch, "min" never after the first.
+    train.main(["fit", *base_args(digits_root, logs), "--max_epochs=3",
+                "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
+                "--checkpoint.monitor=step", f"--checkpoint.mode={'max' if improves else 'min'}",
+                "--checkpoint.filename=best-{step}"])
+    folder = only_run_dir(logs) / "checkpoints"
+    (best,) = folder.glob("best-*.ckpt")
+    last = folder / "last.ckpt"
+    assert best.name == ("best-9.ckpt" if improves else "best-3.ckpt")  # auto_insert off
+    assert last.samefile(best) == improves  # one write, not two, when it improved
+    assert sorted(p.name for p in folder.iterdir()) == sorted([best.name, "last.ckpt"])
+    best.unlink()  # e.g. the next improvement replaces it: last.ckpt is unaffected
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 9 and state["epoch"] == 2
+    (checkpoint_state,) = (v for k, v in state["callbacks"].items() if k.startswith("Checkpoint"))
+    assert checkpoint_state["last_model_path"] == str(last)  # resuming replaces this file
+
+
 # -- checkpoints on an exception, resumed -----------------------------------------------------
 class RaiseMidEpoch(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
