@@ -50,6 +50,23 @@ class Checkpoint(ModelCheckpoint):
     worth more than a dead one.
     """
 
+    @property
+    def state_key(self) -> str:
+        # Lightning rebuilds this string (a repr of five settings, fixed at construction) for
+        # every hook call it makes, to label it for the profiler: keep the first one.
+        key = self.__dict__.get("_state_key_cache")
+        if key is None:
+            key = self.__dict__["_state_key_cache"] = super().state_key
+        return key
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        # Without step- or time-based saving (the default) there is nothing to decide per
+        # batch; Lightning still evaluates its skip conditions after every one.
+        if self._every_n_train_steps < 1 and self._train_time_interval is None:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         due = self._epoch_save_due(trainer, at_train_epoch_end=True)
         super().on_train_epoch_end(trainer, pl_module)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision import transforms
@@ -239,6 +240,17 @@ def _writers(trainer: Trainer) -> list[Any]:
 
 
 def _log_image(trainer: Trainer, tag: str, picture: Image.Image) -> None:
-    array = np.asarray(picture.convert("RGB"))
-    for writer in _writers(trainer):
-        writer.add_image(tag, array, trainer.global_step, dataformats="HWC")
+    """The picture as a PNG in an image summary. Encoded here, at zlib level 1: ``add_image``
+    takes an array, rescales it through float32 and encodes at level 6, 6 ms instead of 2.5 ms
+    for a confusion matrix, every validation epoch."""
+    writers = _writers(trainer)
+    if not writers:
+        return
+    picture = picture.convert("RGB")
+    png = io.BytesIO()
+    picture.save(png, format="PNG", compress_level=1)
+    summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
+        height=picture.height, width=picture.width, colorspace=3,
+        encoded_image_string=png.getvalue()))])
+    for writer in writers:
+        writer._get_file_writer().add_summary(summary, trainer.global_step)

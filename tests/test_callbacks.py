@@ -4,6 +4,7 @@ under CI, and the run summary."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from PIL import Image
 
 import train
 from tests.conftest import REPO, base_args
@@ -64,6 +66,8 @@ def test_tensorboard_has_scalars_pictures_and_hparams_and_summary_has_throughput
         assert tag in tags["images"], (tag, tags["images"])
         (image,) = events.Images(tag)
         assert image.width <= 1200 and image.height <= 1200
+        with Image.open(io.BytesIO(image.encoded_image_string)) as png:  # a readable PNG
+            assert png.format == "PNG" and png.size == (image.width, image.height)
     assert events.Images("images/train_batch")[0].step == 0
     assert events.Images("images/val_confusion_matrix")[0].step == 22
 

@@ -48,6 +48,18 @@ def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
     assert "best checkpoint" in out
 
 
+def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) -> None:
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
+    assert isinstance(train.main(args).trainer.profiler, train.NoProfiler)  # the fast default
+    cli = train.main([*args, "--trainer.profiler=simple"])
+    assert isinstance(cli.trainer.profiler, SimpleProfiler)
+    recorded = cli.trainer.profiler.recorded_durations
+    assert len(recorded["[Strategy]SingleDeviceStrategy.training_step"]) == 3
+    assert any(key.startswith("[Callback]Checkpoint") for key in recorded)
+
+
 def test_same_seed_gives_identical_weights_and_seed_is_saved_in_run_config(
     run_dir: Path, digits_root: Path
 ) -> None:
