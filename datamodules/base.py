@@ -32,6 +32,7 @@ from datamodules.samplers import (
     class_balanced_weights,
 )
 from datamodules.splits import stratified_split
+from datamodules.stacked_batch import collate_stacked
 from datamodules.validation import DataError, DataValidationError, Problem
 
 log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ class ClassificationDataModule(LightningDataModule):
             prefetch_factor=4 if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             generator=generator,
+            collate_fn=collate_stacked,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -19,6 +19,7 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.samplers import call_with_seed
+from datamodules.stacked_batch import StackedSamples
 from datamodules.validation import (
     DataError,
     Problem,
@@ -43,8 +44,8 @@ class FeatureDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         """A batch's rows with one indexing operation instead of a call per row."""
         rows = torch.tensor([int(i) for i in indices])
-        features, targets = self.features.index_select(0, rows), self.targets.index_select(0, rows)
-        return list(zip(features.unbind(), targets.unbind(), strict=True))
+        return StackedSamples(self.features.index_select(0, rows),
+                              self.targets.index_select(0, rows))
 
 
 class InMemoryImageDataset(Dataset):

@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from datamodules.base import ClassificationDataModule, read_table, targets_tensor
 from datamodules.batch_transforms import flatten_transforms
 from datamodules.samplers import call_with_seed
+from datamodules.stacked_batch import StackedSamples
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
     DataError,
@@ -87,8 +88,7 @@ class ImageCSVDataset(Dataset):
             return [self[index] for index in indices]
         rows = torch.tensor([int(i) for i in indices])
         # index_select copies whole rows; cache[rows] (advanced indexing) was 20x slower here.
-        images, targets = self.cache.index_select(0, rows), self.targets.index_select(0, rows)
-        return list(zip(images.unbind(), targets.unbind(), strict=True))
+        return StackedSamples(self.cache.index_select(0, rows), self.targets.index_select(0, rows))
 
 
 def stack_if_same_size(images: list[Tensor]) -> list[Tensor] | Tensor:

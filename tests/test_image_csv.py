@@ -124,6 +124,11 @@ def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
     for got, expected in zip(cached.train_dataloader(), uncached.train_dataloader(),
                              strict=True):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    # The dataset in a plain DataLoader (default_collate) gives the same batches too.
+    plain = torch.utils.data.DataLoader(cached.datasets["train"], batch_size=batch_size)
+    for got, expected in zip(plain, torch.utils.data.DataLoader(
+            uncached.datasets["train"], batch_size=batch_size), strict=True):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
 def test_cache_that_would_not_fit_is_refused_with_the_size(tmp_path: Path) -> None:
