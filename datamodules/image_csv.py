@@ -91,13 +91,6 @@ class ImageCSVDataset(Dataset):
         return StackedSamples(self.cache.index_select(0, rows), self.targets.index_select(0, rows))
 
 
-def stack_if_same_size(images: list[Tensor]) -> list[Tensor] | Tensor:
-    """One ``N x C x H x W`` tensor if every image has the same shape, else the list."""
-    if images and all(image.shape == images[0].shape for image in images):
-        return torch.stack(images)
-    return images
-
-
 class PredictImageDataset(ImageCSVDataset):
     """(image, index) pairs: the index maps each prediction back to ``paths[index]``, whichever
     rank or batch it was computed in."""
@@ -239,10 +232,21 @@ class ImageCSVDataModule(ClassificationDataModule):
     def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
         paths = self.image_paths(table)
         transform = self.train_transforms if split == "train" else self.eval_transforms
-        cache = stack_if_same_size([self._cache[p] for p in paths]) if self.cache_images else None
-        if isinstance(cache, Tensor):  # keep one copy: the dict now holds views into the stack
-            self._cache.update(zip(paths, cache.unbind(), strict=True))
+        cache = self.split_cache(paths) if self.cache_images else None
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache)
+
+    def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:
+        """A split's cached images as one ``N x C x H x W`` tensor when they share a size (a
+        batch is then one gather), else a list. Each image is moved into the stack and the
+        cache keeps a view of it, so memory holds one copy, never two."""
+        shapes = {self._cache[path].shape for path in paths}
+        if len(shapes) != 1:
+            return [self._cache[path] for path in paths]
+        stacked = torch.empty((len(paths), *shapes.pop()), dtype=torch.uint8)
+        for row, path in enumerate(paths):
+            stacked[row] = self._cache[path]
+            self._cache[path] = stacked[row]
+        return stacked
 
     # -- predict ------------------------------------------------------------------------------
     def predict_files(self) -> tuple[list[Path], Path]:
