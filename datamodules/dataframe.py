@@ -43,9 +43,7 @@ class FeatureDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
         """A batch's rows with one indexing operation instead of a call per row."""
-        rows = torch.tensor([int(i) for i in indices])
-        return StackedSamples(self.features.index_select(0, rows),
-                              self.targets.index_select(0, rows))
+        return StackedSamples.gather(self.features, self.targets, indices)
 
 
 class InMemoryImageDataset(Dataset):

@@ -86,9 +86,7 @@ class ImageCSVDataset(Dataset):
         batch) are gathered with one indexing operation: ~10x less per-sample Python."""
         if self.transform is not None or not isinstance(self.cache, Tensor):
             return [self[index] for index in indices]
-        rows = torch.tensor([int(i) for i in indices])
-        # index_select copies whole rows; cache[rows] (advanced indexing) was 20x slower here.
-        return StackedSamples(self.cache.index_select(0, rows), self.targets.index_select(0, rows))
+        return StackedSamples.gather(self.cache, self.targets, indices)
 
 
 class PredictImageDataset(ImageCSVDataset):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
@@ -19,6 +21,13 @@ class StackedSamples(list):
     def __init__(self, inputs: Tensor, targets: Tensor) -> None:
         super().__init__(zip(inputs.unbind(), targets.unbind(), strict=True))
         self.stacked = [inputs, targets]
+
+    @classmethod
+    def gather(cls, inputs: Tensor, targets: Tensor, indices: Sequence[int]) -> StackedSamples:
+        """The rows ``indices`` of in-memory ``inputs`` and ``targets``. ``index_select``
+        copies whole rows; ``inputs[rows]`` (advanced indexing) was 20x slower here."""
+        rows = torch.tensor([int(i) for i in indices])
+        return cls(inputs.index_select(0, rows), targets.index_select(0, rows))
 
 
 def collate_stacked(samples: list[Any]) -> Any:

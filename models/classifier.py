@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from callbacks.direct_logging import log_to_loggers
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
 
@@ -226,8 +227,7 @@ class ImageClassifier(LightningModule):
         names = self.hparams["class_names"] or [str(i) for i in range(len(per_class))]
         values = {f"{stage}/acc_per_class/{name}": value
                   for name, value in zip(names, per_class, strict=True)}
-        for logger in self.trainer.loggers:  # rank-zero-only methods
-            logger.log_metrics(values, step=self.trainer.global_step)
+        log_to_loggers(self.trainer, values)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
