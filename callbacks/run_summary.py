@@ -130,7 +130,10 @@ def log_hparams_with_metrics(trainer: Trainer, summary: dict[str, Any]) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and summary["fit_seconds"]:
             logger.log_hyperparams(dict(logger.hparams), metrics, step=trainer.global_step)
-            logger.save()
+            # The Trainer already closed the writer; the record above reopened it (a new event
+            # file). finalize flushes and closes it again, so no writer thread outlives the
+            # run and nothing is left unwritten if the process ends next.
+            logger.finalize("success")
 
 
 def _metrics_table(summary: dict[str, Any]) -> Table:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ def test_tensorboard_has_scalars_pictures_and_hparams_and_summary_has_throughput
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     logs = run_dir / "logs"
+    threads_before = set(threading.enumerate())
     # 22 steps: enough for a full throughput window (20) and several logged steps (every 5).
     train.main([*base_args(digits_root, logs), "--max_epochs=1",
                 "--trainer.limit_train_batches=22", "--trainer.limit_val_batches=3",
@@ -80,6 +82,9 @@ def test_tensorboard_has_scalars_pictures_and_hparams_and_summary_has_throughput
         content["_hparams_/session_start_info"])
     assert session.session_start_info.hparams["label_smoothing"].number_value == 0.1
     assert "hp_metric" not in tags["scalars"]  # no -1 placeholder
+    # Every event file closed: no TensorBoard writer thread outlives the run.
+    assert not [t for t in set(threading.enumerate()) - threads_before
+                if type(t).__name__ == "_AsyncWriterThread"]
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["samples_per_second"] > 0
