@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import logging
 import os
 import sys
 import warnings
@@ -61,6 +62,22 @@ def drop_failing_nvml_check() -> None:
 
 
 drop_failing_nvml_check()
+
+
+def silence_unactionable_messages() -> None:
+    """Drop two messages every run would print that the user can do nothing about: torch 2.14
+    warns that Lightning's own pytree helper uses ``isinstance(..., LeafSpec)``, and Lightning
+    advertises its cloud logger whenever another logger is used. Everything else Lightning
+    says is kept."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_cloud_logger_tip not in rank_zero_log.filters:
+        rank_zero_log.addFilter(_drop_cloud_logger_tip)
+
+
+def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -291,6 +308,7 @@ def resolve_last_checkpoint(config: Any) -> None:
 
 
 def main(args: list[str] | None = None) -> TemplateCLI:
+    silence_unactionable_messages()
     argv = list(sys.argv[1:] if args is None else args)
     # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
     # with the same argv, so every rank takes the same decision.
