@@ -322,10 +322,12 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         cli = TemplateCLI(
             args=argv,
             parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
-            # Predict writes no logs: its config would overwrite the config.yaml of the run
-            # whose checkpoint it uses.
+            # Predict writes no logs. validate/test on a run's checkpoint log into that run's
+            # folder (resolve_last_checkpoint): their config goes to <stage>_config.yaml, so the
+            # config.yaml of the fit that made the checkpoint stays as it was.
             save_config_callback=None if predicting else SaveConfigCallback,
-            save_config_kwargs={"overwrite": True},
+            save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"
+                                if argv[0] == "fit" else f"{argv[0]}_config.yaml"},
             # Always added, whatever the config: the metadata is what models.export needs, the
             # RNG states make a resumed run draw what the uninterrupted one would have, a NaN
             # loss stops the run before it reaches the weights, and a failing DDP rank is named

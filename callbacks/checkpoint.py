@@ -79,6 +79,14 @@ class Checkpoint(ModelCheckpoint):
         if due and self._last_global_step_saved != trainer.global_step:
             self._write_last(trainer)
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's save_last at the end of training checks none of the skip conditions
+        # above: under fast_dev_run it wrote a last.ckpt (into default_root_dir) that the
+        # summary then reported.
+        if trainer.fast_dev_run:
+            return
+        super().on_train_end(trainer, pl_module)
+
     def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
         # Lightning calls this right after the top-k save of the same step, if there was one.
         self._link_from = None

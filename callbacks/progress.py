@@ -88,6 +88,11 @@ class LineProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A run resumed mid-epoch re-enters that epoch without on_train_epoch_start: its clock
+        # starts here, not at 0.0 (which printed seconds since boot and an extra line).
+        self._epoch_started = self._last_line = time.perf_counter()
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_started = self._last_line = time.perf_counter()
 

@@ -20,7 +20,9 @@ from callbacks.throughput import batch_size
 class RunSummary(Callback):
     """Collects wall time, throughput and metrics during fit/test; :meth:`report` prints them as
     a table, writes them to ``<log_dir>/summary.json`` and records the hyperparameters with the
-    final metrics in TensorBoard's HParams tab (rank 0 only).
+    final metrics in TensorBoard's HParams tab (rank 0 only). A command that did not fit
+    (``validate``/``test`` on a run's checkpoint, which log into that run's folder) writes
+    ``<stage>_summary.json`` instead, leaving the fit's summary as it was.
 
     train.py calls :meth:`report` once the whole command (fit, then test) is done, so the table
     appears once, after the last progress bar, instead of after every stage. The JSON file is
@@ -102,8 +104,10 @@ class RunSummary(Callback):
             return
         summary = self.collect(trainer)
         if summary["log_dir"]:
+            stage = getattr(trainer.state.fn, "value", "run")
+            name = "summary.json" if self.fit_seconds else f"{stage}_summary.json"
             Path(summary["log_dir"]).mkdir(parents=True, exist_ok=True)
-            (Path(summary["log_dir"]) / "summary.json").write_text(json.dumps(summary, indent=2))
+            (Path(summary["log_dir"]) / name).write_text(json.dumps(summary, indent=2))
         log_hparams_with_metrics(trainer, summary)
         console = console or Console()
         console.print(_metrics_table(summary))

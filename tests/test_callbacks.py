@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,7 +203,7 @@ def test_exception_mid_epoch_saves_last_checkpoint_and_resume_continues(
     assert saved["global_step"] == 2
     assert saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 2
 
-    cli = train.main([*args, "--ckpt_path=last"])
+    cli = train.main([*args, "--ckpt_path=last", "--trainer.enable_progress_bar=true"])
 
     assert cli.trainer.global_step == 4  # the two remaining batches of epoch 0, not four more
     assert only_run_dir(logs) == run
@@ -228,7 +229,7 @@ def run_train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedPro
 
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_last_checkpoint_exits_143_and_resumes(
-    run_dir: Path, digits_root: Path
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     logs = run_dir / "logs"
     args = [*base_args(digits_root, logs), *TINY]
@@ -242,10 +243,17 @@ def test_sigterm_mid_epoch_saves_last_checkpoint_exits_143_and_resumes(
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3
 
-    cli = train.main([*args, "--ckpt_path=last"])
+    capsys.readouterr()
+    cli = train.main([*args, "--ckpt_path=last", "--trainer.enable_progress_bar=true"])
 
     assert cli.trainer.global_step == 4
     assert only_run_dir(logs) == run
+    # The resumed epoch's progress line: one line, timed from the resume (Lightning does not
+    # call on_train_epoch_start when it re-enters an epoch mid-way).
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 1, lines
+    seconds = float(re.search(r"batches\) ([0-9.]+) s", lines[0]).group(1))
+    assert seconds < 60, lines[0]
 
 
 # -- EMA --------------------------------------------------------------------------------------

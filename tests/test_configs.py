@@ -34,6 +34,7 @@ def test_config_trains_and_tests_with_tiny_limits(
     assert result.returncode == 0, output[-4000:]
     assert "test/acc" in output
     assert "Run summary" in output
+    assert not list(tmp_path.rglob("*.ckpt")), "fast_dev_run wrote a checkpoint"
 
 
 def write_weights_file_it_names(settings: dict, folder: Path) -> None:

@@ -147,6 +147,23 @@ def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     assert str(trained.predict_dir) not in (run_dir / "config.yaml").read_text()
 
 
+def test_testing_a_runs_checkpoint_keeps_the_runs_config_and_summary(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(trained.workdir)
+    run_dir = trained.ckpt.parent.parent
+    fit_config = (run_dir / "config.yaml").read_text()
+    fit_summary = (run_dir / "summary.json").read_text()
+    train.main(["test", *trained.args(), f"--ckpt_path={trained.ckpt}",
+                "--trainer.limit_test_batches=2"])
+    # test logs into the run's folder (resolve_last_checkpoint) but under its own names.
+    assert (run_dir / "config.yaml").read_text() == fit_config
+    assert (run_dir / "summary.json").read_text() == fit_summary
+    assert "limit_test_batches: 2" in (run_dir / "test_config.yaml").read_text()
+    tested = json.loads((run_dir / "test_summary.json").read_text())
+    assert "test/acc" in tested["metrics"]
+
+
 def test_predict_from_a_table_keeps_its_row_order_and_relative_paths(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
