@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -27,11 +29,13 @@ from typing import Any, NoReturn
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch
+import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
@@ -79,6 +83,7 @@ def silence_unactionable_messages() -> None:
 def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in str(record.msg)
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+DEFAULT_DATA_CLASS = "datamodules.digits.DigitsDataModule"  # configs/default.yaml's data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 # Short options for what people change most. They are rewritten to the full key before parsing,
@@ -193,6 +198,20 @@ class TemplateCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             resolve_last_checkpoint(self.config[subcommand])
+        config = self.config[subcommand] if subcommand else self.config
+        data = config.get("data")
+        if getattr(data, "class_path", DEFAULT_DATA_CLASS) != DEFAULT_DATA_CLASS:
+            defaults = (self._subcommand_parsers[subcommand] if subcommand else parser
+                        ).get_defaults()
+            given = data_keys_given(list(args or []))
+            kept = [key for key in data_settings_kept_from_default(data, defaults.get("data"))
+                    if key not in given]
+            if kept and rank_zero_only.rank == 0:
+                sys.stderr.write(
+                    f"train.py: warning: data.init_args {', '.join(kept)}: still the default "
+                    f"config's values for {DEFAULT_DATA_CLASS} (jsonargparse keeps the "
+                    "init_args a new data.class_path shares with the old one); set them in "
+                    "your config if your data needs others (null: no batch transforms).\n")
 
     # Data is read and checked before the Trainer runs: bad input then fails here, in the main
     # process, before any logger or checkpoint folder exists. Lightning's own prepare_data /
@@ -280,6 +299,41 @@ def default_predict_output(ckpt_path: str | Path) -> Path:
     if folder.name == "checkpoints":
         folder = folder.parent
     return folder / "predictions.csv"
+
+
+def data_settings_kept_from_default(data: Any, default: Any) -> list[str]:
+    """The ``data.init_args`` that a config naming its own data class still takes from the
+    default config's data module: equal to the default's values and unlike the new class's
+    own defaults. Without a warning, such a config trains with the digits' batch size,
+    caching, read mode and batch transforms (Pad(2), Normalize with digits statistics)."""
+    if default is None or getattr(data, "class_path", None) in (None, default.class_path):
+        return []
+    module, _, name = data.class_path.rpartition(".")
+    own_parser = LightningArgumentParser(exit_on_error=False)
+    own_parser.add_class_arguments(getattr(importlib.import_module(module), name), "own",
+                                   fail_untyped=False)
+    own = own_parser.get_defaults().own.as_dict()
+    values, previous = data.init_args.as_dict(), default.init_args.as_dict()
+    return sorted(key for key, value in values.items()
+                  if key in previous and key in own and value == previous[key] != own[key])
+
+
+def data_keys_given(args: list[str]) -> set[str]:
+    """The ``data.init_args`` keys a command sets itself: in its ``--config`` files or as
+    ``--data.<key>`` / ``--data.init_args.<key>`` options (values equal to the default
+    config's are then the user's choice, not a leftover)."""
+    keys: set[str] = set()
+    for i, token in enumerate(args):
+        name, _, value = token.partition("=")
+        if name in ("--config", "-c"):
+            path = value or (args[i + 1] if i + 1 < len(args) else "")
+            with contextlib.suppress(OSError, yaml.YAMLError, AttributeError):
+                data = (yaml.safe_load(Path(path).read_text()) or {}).get("data")
+                keys |= set((data or {}).get("init_args") or {})
+        given = re.match(r"--data\.(?:init_args\.)?(\w+)", name)
+        if given:
+            keys.add(given.group(1))
+    return keys
 
 
 def resolve_last_checkpoint(config: Any) -> None:

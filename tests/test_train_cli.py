@@ -208,3 +208,34 @@ def test_print_config_shows_the_resolved_default(capsys: pytest.CaptureFixture[s
     assert config["model"]["class_path"] == "models.classifier.ImageClassifier"
     assert config["model"]["init_args"]["scheduler"]["class_path"].endswith("OneCycleLR")
     assert config["data"]["class_path"] == "datamodules.digits.DigitsDataModule"
+
+
+def test_a_config_naming_its_own_data_class_is_warned_of_the_digits_settings_it_kept(
+    tmp_path: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """jsonargparse keeps the init_args a new data class shares with the default's: without a
+    word, a user's images would be padded, normalised with digits statistics and batched by 16."""
+    own_class = {"class_path": "datamodules.image_csv.ImageCSVDataModule",
+                 "init_args": {"annotations": str(digits_root / "labels.csv")}}
+    explicit = {**own_class["init_args"], "batch_size": 64, "cache_images": False,
+                "num_workers": None, "read_mode": "RGB", "train_batch_transforms": None,
+                "eval_batch_transforms": None}
+    # batch_size 16 given on the command line is the user's choice: not reported.
+    configs = {"kept": ({"data": own_class}, ["--data.init_args.batch_size=16"]),
+               "set": ({"data": {**own_class, "init_args": explicit}}, [])}
+    warnings_by_config = {}
+    for name, (config, options) in configs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cli = train.TemplateCLI(
+            args=["--config", str(path), f"--trainer.logger.init_args.save_dir={tmp_path}",
+                  *options],
+            run=False, parser_kwargs={"default_config_files": [str(train.DEFAULT_CONFIG)]},
+            save_config_callback=None, auto_configure_optimizers=False)
+        assert type(cli.datamodule).__name__ == "ImageCSVDataModule"
+        warnings_by_config[name] = [line for line in capsys.readouterr().err.splitlines()
+                                    if line.startswith("train.py: warning:")]
+    (kept,) = warnings_by_config["kept"]
+    assert ("data.init_args cache_images, eval_batch_transforms, num_workers, read_mode, "
+            "train_batch_transforms:") in kept
+    assert warnings_by_config["set"] == []
