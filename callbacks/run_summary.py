@@ -43,6 +43,15 @@ class RunSummary(Callback):
         self.train_samples = 0
         self._started = 0.0
 
+    def state_dict(self) -> dict[str, Any]:
+        # In every checkpoint, so that a resumed run reports the best epoch of the whole run
+        # (the one whose checkpoint is tested), not the best of the epochs after the resume.
+        return {"best_metrics": self.best_metrics, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_metrics = dict(state_dict.get("best_metrics") or {})
+        self.best_epoch = state_dict.get("best_epoch")
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._started = time.perf_counter()
         self.train_samples = 0
