@@ -10,14 +10,20 @@ this draws the curve with Pillow (already a dependency) instead.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import LearningRateFinder
+from lightning.pytorch.tuner import lr_finder as lightning_lr_finder
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw
+
+from callbacks.progress import interactive_terminal
 
 
 class LRRangeTest(LearningRateFinder):
@@ -50,7 +56,8 @@ class LRRangeTest(LearningRateFinder):
 
     def lr_find(self, trainer: Trainer, pl_module: LightningModule) -> None:
         try:
-            super().lr_find(trainer, pl_module)
+            with _quiet_tqdm_unless_interactive():
+                super().lr_find(trainer, pl_module)
         finally:
             # Report even when stop_after raises Lightning's exit exception.
             self._report(trainer)
@@ -70,6 +77,20 @@ class LRRangeTest(LearningRateFinder):
         else:
             print(f"LR finder: suggested learning rate {self.suggested_lr:.3g} "
                   f"(curve saved to {path})")
+
+
+@contextlib.contextmanager
+def _quiet_tqdm_unless_interactive() -> Iterator[None]:
+    """Lightning's finder always draws a tqdm bar (``\\r``-redrawn, on stderr); in a log file
+    or CI page that is one long garbled line, so it is drawn only on a terminal, like the
+    template's own progress output."""
+    original = lightning_lr_finder.tqdm
+    if not interactive_terminal():
+        lightning_lr_finder.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        lightning_lr_finder.tqdm = original
 
 
 def save_lr_plot(

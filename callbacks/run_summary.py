@@ -119,7 +119,9 @@ class RunSummary(Callback):
             (Path(summary["log_dir"]) / name).write_text(json.dumps(summary, indent=2))
         log_hparams_with_metrics(trainer, summary)
         console = console or Console()
-        console.print(_metrics_table(summary))
+        metrics = _metrics_table(summary)
+        if len(metrics.columns) > 1:  # e.g. none after an LR range test that ends fit
+            console.print(metrics)
         console.print(_table(summary))
         if summary["log_dir"]:
             # On its own line and never wrapped, so it can be copied as it is.

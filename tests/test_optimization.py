@@ -430,8 +430,12 @@ def test_lr_finder_config_prints_a_suggestion_saves_a_png_and_stops(
     finder = the(cli, LRRangeTest)
     assert finder.suggested_lr is not None and 1e-5 <= finder.suggested_lr <= 1.0
     png = Path(cli.trainer.log_dir) / "lr_find.png"
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert f"suggested learning rate {finder.suggested_lr:.3g}" in out
+    # Not a terminal: no \r-redrawn tqdm bar, and no empty metrics table (fit ended early).
+    assert "Finding best initial lr" not in captured.err and "\r" not in captured.err
+    assert "Metrics" not in out and "Run summary" in out
     assert str(png) in out
     with Image.open(png) as image:
         assert image.format == "PNG" and image.size == (640, 420)
