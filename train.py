@@ -37,6 +37,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import default_collate
 
 from callbacks.atomic_checkpoint_io import AtomicCheckpointIO
 from callbacks.checkpoint import Checkpoint
@@ -268,6 +269,36 @@ class TemplateCLI(LightningCLI):
         names = getattr(datamodule, "class_names", None)
         if callable(build_for) and names:
             build_for(list(names))
+            if stage == "fit":
+                check_model_takes_a_sample(self.model, datamodule)
+
+
+def check_model_takes_a_sample(model: Any, datamodule: Any) -> None:
+    """Run one validation (else training) sample through the model, in eval mode and without
+    gradients, before anything is written. A backbone that does not fit the data (``in_features``
+    or ``in_channels`` unlike the data's) then fails here with one line naming both shapes,
+    instead of with a traceback from inside the sanity check after the run folder exists.
+    Skipped for compiled backbones (compiling twice costs more than it saves)."""
+    datasets = getattr(datamodule, "datasets", {})
+    dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())), None)
+    if dataset is None or model.hparams.get("compile_backbone"):
+        return
+    batch = datamodule.on_after_batch_transfer(default_collate([dataset[0]]), 0)
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(inputs)
+    except RuntimeError as error:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        first_line = str(error).strip().splitlines()[0]
+        raise DataError(
+            f"the model does not take the data's samples (one sample of shape {shape}): "
+            f"{first_line}. Check model.init_args.backbone (in_features / in_channels) "
+            "against the data.") from error
+    finally:
+        model.train(was_training)
 
 
 class NoProfiler(PassThroughProfiler):

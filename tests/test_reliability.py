@@ -320,19 +320,33 @@ def unknown_test_label(root: Path) -> list[str]:
     return image_args(table)
 
 
-def nan_feature(root: Path) -> list[str]:
-    frame = pd.DataFrame({"x1": np.linspace(0, 1, 12), "x2": np.arange(12.0),
-                          "label": [i % 2 for i in range(12)]})
-    frame.loc[5, "x1"] = np.nan
+def feature_table_run(root: Path, frame: pd.DataFrame, in_features: int) -> list[str]:
+    """A DataFrameDataModule config over ``frame`` (as features.csv) and an MLP."""
     frame.to_csv(root / "features.csv", index=False)
     config = {"model": {"init_args": {"backbone": {"class_path": "models.mlp.MLP",
-                                                    "init_args": {"in_features": 2}}}},
+                                                    "init_args": {"in_features": in_features}}}},
               "data": {"class_path": "datamodules.dataframe.DataFrameDataModule",
                        "init_args": {"data": str(root / "features.csv"), "num_workers": 0,
                                      "batch_size": 4, "train_batch_transforms": None,
                                      "eval_batch_transforms": None}}}
     (root / "features.yaml").write_text(json.dumps(config))
     return [f"--config={root / 'features.yaml'}"]
+
+
+def two_features(nan_at: int | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({"x1": np.linspace(0, 1, 12), "x2": np.arange(12.0),
+                          "label": [i % 2 for i in range(12)]})
+    if nan_at is not None:
+        frame.loc[nan_at, "x1"] = np.nan
+    return frame
+
+
+def nan_feature(root: Path) -> list[str]:
+    return feature_table_run(root, two_features(nan_at=5), in_features=2)
+
+
+def mlp_wider_than_the_table(root: Path) -> list[str]:
+    return feature_table_run(root, two_features(), in_features=5)
 
 
 def path_escaping_root(root: Path) -> list[str]:
@@ -385,6 +399,9 @@ BAD_INPUTS: dict[str, tuple[Callable[[Path], list[str]], list[str] | None]] = {
     "unknown-test-label": (unknown_test_label,
                            ["labels.csv", "row 11: test label 'zebra' is not a training class"]),
     "nan-feature": (nan_feature, ["features.csv", "row 5: feature 'x1' is nan"]),
+    "model-wider-than-table": (mlp_wider_than_the_table,
+                               ["the model does not take the data's samples", "(1, 2)",
+                                "in_features"]),
     "path-escapes-root": (path_escaping_root,
                           ["labels.csv", "row 3: ", "secret.png is outside the image root"]),
     "16-bit-png": (sixteen_bit_pngs, None),
