@@ -83,6 +83,8 @@ def silence_unactionable_messages() -> None:
 
 def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in str(record.msg)
+
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 DEFAULT_DATA_CLASS = "datamodules.digits.DigitsDataModule"  # configs/default.yaml's data
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -279,9 +281,11 @@ def check_model_takes_a_sample(model: Any, datamodule: Any) -> None:
     or ``in_channels`` unlike the data's) then fails here with one line naming both shapes,
     instead of with a traceback from inside the sanity check after the run folder exists.
     Skipped for compiled backbones (compiling twice costs more than it saves)."""
-    datasets = getattr(datamodule, "datasets", {})
+    datasets = getattr(datamodule, "datasets", None)
+    if not isinstance(datasets, dict) or model.hparams.get("compile_backbone"):
+        return
     dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())), None)
-    if dataset is None or model.hparams.get("compile_backbone"):
+    if dataset is None:
         return
     batch = datamodule.on_after_batch_transfer(default_collate([dataset[0]]), 0)
     inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
