@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import importlib
+import inspect
 import logging
+import operator
 import os
 import re
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
@@ -83,6 +88,25 @@ def silence_unactionable_messages() -> None:
 
 def _drop_cloud_logger_tip(record: logging.LogRecord) -> bool:
     return "litlogger" not in str(record.msg)
+
+
+def read_whole_numbers_as_batch_counts() -> None:
+    """``--trainer.limit_train_batches=1`` must mean one batch, not 100 % of them.
+
+    The Trainer's ``limit_*_batches``, ``overfit_batches`` and ``val_check_interval`` read an
+    int as a number of batches and a float as a fraction, and are annotated ``Union[int,
+    float]``. ``typing`` caches unions by their set of members, so where another module built
+    ``Union[float, int]`` first (seen with torch 2.11 on Python 3.12), the Trainer's annotation
+    is that float-first union: jsonargparse tries float first and 1 becomes 1.0, every batch.
+    Such annotations are rebuilt with int first (``int | float`` unions are not cached)."""
+    for function in {Trainer.__init__, inspect.unwrap(Trainer.__init__)}:
+        annotations = function.__annotations__
+        for name, hint in annotations.items():
+            members = typing.get_args(hint)
+            if (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                    and int in members and float in members and members[0] is not int):
+                int_first = (int, *(m for m in members if m is not int))
+                annotations[name] = functools.reduce(operator.or_, int_first)
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -398,6 +422,7 @@ def resolve_last_checkpoint(config: Any) -> None:
 
 def main(args: list[str] | None = None) -> TemplateCLI:
     silence_unactionable_messages()
+    read_whole_numbers_as_batch_counts()
     argv = list(sys.argv[1:] if args is None else args)
     # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
     # with the same argv, so every rank takes the same decision.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -44,6 +46,15 @@ def default_num_workers(ranks_per_node: int = 1) -> int:
     (two ranks with two workers each on two cores would only fight over them)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(0, min(8, (cpus or 1) // max(1, ranks_per_node)))
+
+
+def keep_loading_in_this_process() -> None:
+    """An explicit ``num_workers: 0`` is a choice (the digits config keeps decoded images in
+    memory and transforms whole batches on the device; workers would only add start-up time and
+    copies). On machines with more than two CPUs Lightning advises every loader to use more,
+    three lines per run that would tell the user to undo it: drop that advice."""
+    warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers",
+                            category=PossibleUserWarning)
 
 
 def label_key(value: object) -> str:
@@ -287,6 +298,8 @@ class ClassificationDataModule(LightningDataModule):
         workers = self.num_workers
         if workers is None:
             workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
+        elif workers == 0:
+            keep_loading_in_this_process()
         # Each new loader iterator draws a base seed for its workers. From its own generator, not
         # torch's global one: otherwise every epoch (with num_workers=0 or non-persistent
         # workers: a new iterator per epoch; persistent ones: only the first) would move the

@@ -3,9 +3,11 @@ and the one-line errors for bad options."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import textwrap
+import typing
 import warnings
 from pathlib import Path
 
@@ -31,8 +33,13 @@ def only_run_dir(logs: Path, name: str = "digits") -> Path:
 
 
 def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
-    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from lightning.pytorch.trainer.connectors import data_connector
+
+    # As on a 16-CPU machine, where Lightning advises more loader workers (not on 2 CPUs).
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)
     lightning_said: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda record: lightning_said.append(record.getMessage())  # type: ignore
@@ -43,10 +50,12 @@ def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
             cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY])
     finally:
         logging.getLogger("lightning.pytorch").removeHandler(handler)
-    # No noise the user cannot act on: torch's LeafSpec deprecation (raised inside Lightning)
-    # and Lightning's cloud-logger advert; Lightning's other messages are kept.
+    # No noise the user cannot act on: torch's LeafSpec deprecation (raised inside Lightning),
+    # Lightning's cloud-logger advert; Lightning's other messages are kept.
     assert not [w for w in warned if "LeafSpec" in str(w.message)]
     assert not [m for m in lightning_said if "litlogger" in m]
+    # ... nor advice to undo the config's deliberate num_workers: 0 (data held in memory).
+    assert not [w for w in warned if "does not have many workers" in str(w.message)]
     assert any("GPU available" in m for m in lightning_said)
 
     assert cli.trainer.global_step == 3
@@ -99,6 +108,25 @@ class CrashInSecondEpoch(__import__("lightning").pytorch.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
         if trainer.current_epoch == 1:
             raise RuntimeError("simulated crash")
+
+
+def test_limit_batches_of_1_means_one_batch_even_where_typing_cached_a_float_first_union(
+    run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where another module built Union[float, int] before Lightning's Trainer was defined
+    (torch 2.11 on Python 3.12), typing's cache hands the Trainer that float-first union and
+    jsonargparse read 1 as 1.0 = every batch. Recreated here by giving the Trainer such a
+    union directly (typing's constructor, past its cache)."""
+    annotations = inspect.unwrap(train.Trainer.__init__).__annotations__
+    float_first = typing._UnionGenericAlias(  # type: ignore[attr-defined]
+        typing.Union, (float, int, type(None)))
+    for name in ("limit_train_batches", "limit_val_batches"):
+        monkeypatch.setitem(annotations, name, float_first)
+    cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), "--max_epochs=1",
+                      "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"])
+    assert cli.trainer.limit_train_batches == 1 and type(cli.trainer.limit_train_batches) is int
+    assert type(cli.trainer.limit_val_batches) is int
+    assert cli.trainer.global_step == 1
 
 
 def test_resume_from_last_continues_the_same_run_and_global_step(
