@@ -419,6 +419,33 @@ def test_matmul_precision_is_set_for_the_run_and_restored(tmp_path: Path) -> Non
     assert torch.get_float32_matmul_precision() == before
 
 
+def test_matmul_precision_is_set_before_lightning_checks_it_on_the_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lightning checks the setting while it sets up the GPU, before any callback hook; found
+    unset, it logs advice to set it, which would be wrong advice for a run that does."""
+    from lightning.fabric.accelerators import cuda
+
+    monkeypatch.setattr(cuda.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cuda, "_is_ampere_or_later", lambda device=None: True)
+    monkeypatch.setattr(cuda.torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    check = cuda._check_cuda_matmul_precision.__wrapped__  # past its once-per-process cache
+    advice = "you should set `torch.set_float32_matmul_precision"
+    before = torch.get_float32_matmul_precision()
+    assert before == "highest"
+    with caplog.at_level("INFO"):
+        check(torch.device("cuda", 0))
+    assert advice in caplog.text  # what a run without the callback is told
+
+    caplog.clear()
+    callback = MatmulPrecision("high")
+    with caplog.at_level("INFO"):
+        check(torch.device("cuda", 0))
+    assert advice not in caplog.text
+    callback.teardown(None, None, "fit")  # type: ignore[arg-type]
+    assert torch.get_float32_matmul_precision() == before
+
+
 def test_per_class_validation_accuracy_reaches_tensorboard_and_agrees_with_accuracy(
     run_dir: Path, digits_root: Path
 ) -> None:
