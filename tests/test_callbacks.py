@@ -221,7 +221,8 @@ class SigtermMidEpoch(Callback):
 
 
 def run_train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    environment = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **env}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
                           env=environment, capture_output=True, text=True, timeout=300,
                           check=False)

@@ -25,7 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, base_args, run_train_subprocess
+from tests.conftest import REPO, base_args, run_train_forked, run_train_subprocess
 
 pytestmark = pytest.mark.reliability
 HOOKS = "tests.reliability_hooks"
@@ -237,7 +237,8 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_by_every_command(
     def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300, check=False,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  [str(REPO), os.environ.get("PYTHONPATH", "")])})
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = dict(zip(commands, pool.map(run, commands.values()), strict=True))
@@ -417,18 +418,14 @@ TINY_FIT = ["--max_epochs=1", "--trainer.limit_val_batches=1", "--trainer.limit_
 @pytest.fixture(scope="module")
 def bad_input_runs(tmp_path_factory: pytest.TempPathFactory, digits_root: Path
                    ) -> dict[str, tuple[subprocess.CompletedProcess[str], Path]]:
-    """Every case as its own ``python train.py`` process, run side by side (each is mostly
-    imports): name -> (result, logs folder)."""
-
-    def run(name: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Every case as its own ``train.py`` process, side by side: name -> (result, logs)."""
+    cases, logs = {}, {}
+    for name, (make_args, _) in BAD_INPUTS.items():
         root = tmp_path_factory.mktemp(name)
-        args = BAD_INPUTS[name][0](root)
-        logs = root / "logs"
-        return run_train_subprocess([*base_args(digits_root, logs), *TINY_FIT, *args],
-                                    cwd=root), logs
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return dict(zip(BAD_INPUTS, pool.map(run, BAD_INPUTS), strict=True))
+        logs[name] = root / "logs"
+        cases[name] = ([*base_args(digits_root, logs[name]), *TINY_FIT, *make_args(root)], root)
+    results = run_train_forked(cases)
+    return {name: (results[name], logs[name]) for name in BAD_INPUTS}
 
 
 @pytest.mark.slow
