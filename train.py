@@ -95,10 +95,12 @@ def read_whole_numbers_as_batch_counts() -> None:
 
     The Trainer's ``limit_*_batches``, ``overfit_batches`` and ``val_check_interval`` read an
     int as a number of batches and a float as a fraction, and are annotated ``Union[int,
-    float]``. ``typing`` caches unions by their set of members, so where another module built
-    ``Union[float, int]`` first (seen with torch 2.11 on Python 3.12), the Trainer's annotation
-    is that float-first union: jsonargparse tries float first and 1 becomes 1.0, every batch.
-    Such annotations are rebuilt with int first (``int | float`` unions are not cached)."""
+    float]``. ``typing`` caches unions, and unions of the same members compare equal in any
+    order, so where another module built ``Union[float, int]`` first (seen with torch 2.11 on
+    Python 3.12), the Trainer's annotation is that float-first union: jsonargparse tries float
+    first and 1 becomes 1.0, every batch. Every Trainer annotation holding int and float is
+    rebuilt with int first (``int | float`` unions are not cached); for options where both
+    mean the same, e.g. ``gradient_clip_val``, that changes nothing."""
     for function in {Trainer.__init__, inspect.unwrap(Trainer.__init__)}:
         annotations = function.__annotations__
         for name, hint in annotations.items():

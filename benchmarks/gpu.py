@@ -80,13 +80,23 @@ def images_per_second(batch_size: int, steps: int, rounds: int,
             timed(step, warmup)
             step_of[name] = step
         except Exception as error:  # report it in the table, keep measuring the rest
-            failed[name] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:80]}"
+            failed[name] = failure(error)
     seconds: dict[str, list[float]] = {name: [] for name in step_of}
     for _ in range(rounds):
-        for name, step in step_of.items():
-            seconds[name].append(timed(step, steps))
+        for name, step in list(step_of.items()):
+            try:
+                seconds[name].append(timed(step, steps))
+            except Exception as error:
+                failed[name] = failure(error)
+                del step_of[name], seconds[name]
     rates = {name: steps * batch_size / statistics.median(s) for name, s in seconds.items()}
     return {name: rates.get(name, failed.get(name, "")) for name in VARIANTS}
+
+
+def failure(error: Exception) -> str:
+    """One table cell: the error's type and the start of its first line."""
+    first_line = (str(error).splitlines() or [""])[0].replace("|", "/")
+    return f"failed: {type(error).__name__}: {first_line[:80]}"
 
 
 def main() -> None:
@@ -96,6 +106,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=15)
     args = parser.parse_args()
+    if min(args.steps, args.rounds) < 1:
+        parser.error("--steps and --rounds must be at least 1")
     if not torch.cuda.is_available():
         print("GPU benchmark skipped: no CUDA device (torch.cuda.is_available() is False).")
         return
@@ -117,6 +129,7 @@ def main() -> None:
 
 
 def cell(rates: dict[str, float | str], name: str) -> str:
+    """Two table cells: images/s and the ratio to eager fp32, or the failure and nothing."""
     rate, base = rates[name], rates["eager fp32"]
     if isinstance(rate, str):
         return f"{rate} | "

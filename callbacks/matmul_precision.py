@@ -20,8 +20,9 @@ class MatmulPrecision(Callback):
 
     Applied when the callback is built, not only in ``setup``: Lightning looks at the setting
     while it sets up the GPU, before any callback hook, and otherwise advises every run to set
-    it. The previous value is restored when the run ends (and applied again by a later run's
-    ``setup``), so tests and notebooks are not affected afterwards.
+    it. The previous value is restored when the run ends or raises (and applied again by a later
+    run's ``setup``), so tests and notebooks are not affected afterwards; a callback built but
+    never run by a Trainer leaves the setting applied.
     """
 
     def __init__(self, precision: Literal["highest", "high", "medium"] = "high") -> None:
@@ -38,6 +39,13 @@ class MatmulPrecision(Callback):
         self._apply()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule,
+                     exception: BaseException) -> None:
+        self._restore()  # Lightning skips teardown when a run raises
+
+    def _restore(self) -> None:
         if self._previous is not None:
             torch.set_float32_matmul_precision(self._previous)
             self._previous = None

@@ -48,11 +48,12 @@ def default_num_workers(ranks_per_node: int = 1) -> int:
     return max(0, min(8, (cpus or 1) // max(1, ranks_per_node)))
 
 
-def keep_loading_in_this_process() -> None:
+def silence_more_workers_advice() -> None:
     """An explicit ``num_workers: 0`` is a choice (the digits config keeps decoded images in
     memory and transforms whole batches on the device; workers would only add start-up time and
-    copies). On machines with more than two CPUs Lightning advises every loader to use more,
-    three lines per run that would tell the user to undo it: drop that advice."""
+    copies). On machines with more than two CPUs Lightning advises every loader with fewer than
+    two workers to use more: three lines per run telling the user to undo it. The filter is
+    process-wide (warnings filters are), so it also covers later loaders of the process."""
     warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers",
                             category=PossibleUserWarning)
 
@@ -299,7 +300,7 @@ class ClassificationDataModule(LightningDataModule):
         if workers is None:
             workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
         elif workers == 0:
-            keep_loading_in_this_process()
+            silence_more_workers_advice()
         # Each new loader iterator draws a base seed for its workers. From its own generator, not
         # torch's global one: otherwise every epoch (with num_workers=0 or non-persistent
         # workers: a new iterator per epoch; persistent ones: only the first) would move the

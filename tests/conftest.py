@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 # The suite pins down CPU behaviour that a GPU would change or refuse: two gloo ranks on one
 # machine, bit-identical weights across runs and resumes, exact gradients. So it runs on the CPU
 # even where there is a GPU (hidden before torch looks for one); tests/test_gpu.py runs train.py
-# in subprocesses that see the GPUs again.
-VISIBLE_GPUS = os.environ.get("CUDA_VISIBLE_DEVICES")
+# in subprocesses that see the GPUs again. The user's setting is kept in the environment, so a
+# second import of this module (or a subprocess) does not take the hidden value for it.
+_UNSET = "<unset>"
+os.environ.setdefault("TESTS_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", _UNSET))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
@@ -51,11 +53,19 @@ def base_args(digits_root: Path, logs: Path) -> list[str]:
 def environment_with_gpus() -> dict[str, str]:
     """This process's environment with the GPUs visible again."""
     env = dict(os.environ)
-    if VISIBLE_GPUS is None:
+    visible = env["TESTS_CUDA_VISIBLE_DEVICES"]
+    if visible == _UNSET:
         del env["CUDA_VISIBLE_DEVICES"]
     else:
-        env["CUDA_VISIBLE_DEVICES"] = VISIBLE_GPUS
+        env["CUDA_VISIBLE_DEVICES"] = visible
     return env
+
+
+def pythonpath_with(*paths: Path) -> str:
+    """``PYTHONPATH`` with ``paths`` first. No empty entry: Python reads one as the working
+    directory, which would make a test's folder importable."""
+    entries = [str(p) for p in paths] + os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join(e for e in entries if e)
 
 
 def run_train_subprocess(
@@ -65,8 +75,7 @@ def run_train_subprocess(
     """Run ``python train.py ARGS`` as a user would, in its own process (needed for DDP, which
     re-executes the script per rank); on the CPU unless ``gpu``."""
     env = environment_with_gpus() if gpu else dict(os.environ)
-    pythonpath = [str(REPO)] + ([str(extra_path)] if extra_path else [])
-    env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = pythonpath_with(REPO, *([extra_path] if extra_path else []))
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(
         [sys.executable, str(REPO / "train.py"), *args],
@@ -74,12 +83,13 @@ def run_train_subprocess(
     )
 
 
-# Runs in a fresh interpreter: imports train.py once, then forks one child per case. A child is
-# a process of its own (its exit status, stdout, stderr and working directory), without paying
-# the ~6 s of imports again.
+# Runs in a fresh interpreter: imports train.py once, then forks one child per case, which runs
+# train.py as ``__main__`` (the heavy imports come from the parent's memory) and exits the way
+# ``python train.py`` would: uncaught exceptions and sys.exit are the interpreter's to handle.
 _FORKING_LAUNCHER = """
-import json, os, sys, traceback
-cases, parallel = json.loads(sys.stdin.read())
+import json, os, runpy, signal, sys
+repo, cases, parallel, seconds = json.loads(sys.stdin.read())
+sys.path[0] = repo  # where python train.py puts the script's folder ('' for -c)
 import train
 exit_codes, running = {}, {}
 
@@ -92,24 +102,15 @@ for name, case in cases.items():
         reap()
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            os.chdir(case["cwd"])
-            for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            sys.argv = [train.__file__, *case["args"]]
-            train.main(case["args"])
-            code = 0
-        except SystemExit as stop:  # what the interpreter would do with it
-            if isinstance(stop.code, str):
-                sys.stderr.write(stop.code + "\\n")
-            code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        signal.alarm(seconds)  # a hung case ends (status -14) instead of blocking the others
+        for fd, path in ((1, case["stdout"]), (2, case["stderr"])):
+            opened = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            os.dup2(opened, fd)
+            os.close(opened)
+        os.chdir(case["cwd"])
+        sys.argv = [train.__file__, *case["args"]]
+        runpy.run_path(train.__file__, run_name="__main__")
+        sys.exit(0)
     running[pid] = name
 while running:
     reap()
@@ -118,24 +119,29 @@ print(json.dumps(exit_codes))
 
 
 def run_train_forked(
-    cases: dict[str, tuple[list[str], Path]], timeout: float = 600
+    cases: dict[str, tuple[list[str], Path]], timeout: int = 300
 ) -> dict[str, subprocess.CompletedProcess[str]]:
     """``python train.py ARGS`` for many cases (name -> (ARGS, working directory)), each in a
     process of its own, side by side: forked from one interpreter that imported train.py, so
-    the cases do not each spend the imports' seconds. For runs that fail or finish on their own
-    (no DDP: that re-executes the script)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH",
-                                                                                   "")]))
+    the cases do not each spend the imports' seconds. ``timeout`` is per case. For runs that
+    fail or finish on their own (no DDP: that re-executes the script)."""
     spec = {name: {"args": args, "cwd": str(cwd), "stdout": str(cwd / ".train.stdout"),
                    "stderr": str(cwd / ".train.stderr")} for name, (args, cwd) in cases.items()}
+    for case in spec.values():
+        Path(case["stdout"]).write_text("")
+        Path(case["stderr"]).write_text("")
+    parallel = os.cpu_count() or 2
     launcher = subprocess.run(
-        [sys.executable, "-c", _FORKING_LAUNCHER], input=json.dumps([spec, os.cpu_count() or 2]),
-        env=env, capture_output=True, text=True, timeout=timeout, check=True,
+        [sys.executable, "-c", _FORKING_LAUNCHER],
+        input=json.dumps([str(REPO), spec, parallel, timeout]), capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": pythonpath_with(REPO)}, check=False,
+        timeout=timeout * (len(cases) // parallel + 2),
     )
+    assert launcher.returncode == 0, launcher.stderr[-3000:]
     exit_codes = json.loads(launcher.stdout.splitlines()[-1])
-    results = {}
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
     for name, case in spec.items():
-        stdout, stderr = (Path(case[key]) for key in ("stdout", "stderr"))
+        stdout, stderr = Path(case["stdout"]), Path(case["stderr"])
         results[name] = subprocess.CompletedProcess(
             [sys.executable, str(REPO / "train.py"), *case["args"]], exit_codes[name],
             stdout.read_text(), stderr.read_text())

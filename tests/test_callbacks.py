@@ -22,7 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
 import train
-from tests.conftest import REPO, base_args
+from tests.conftest import REPO, base_args, pythonpath_with
 
 CONFIGS = REPO / "configs"
 TINY = ["--max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
@@ -221,8 +221,8 @@ class SigtermMidEpoch(Callback):
 
 
 def run_train(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    environment = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", **env}
+    environment = {**os.environ, "PYTHONPATH": pythonpath_with(REPO), "PYTHONUNBUFFERED": "1",
+                   **env}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
                           env=environment, capture_output=True, text=True, timeout=300,
                           check=False)

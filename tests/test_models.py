@@ -432,18 +432,21 @@ def test_matmul_precision_is_set_before_lightning_checks_it_on_the_gpu(
     check = cuda._check_cuda_matmul_precision.__wrapped__  # past its once-per-process cache
     advice = "you should set `torch.set_float32_matmul_precision"
     before = torch.get_float32_matmul_precision()
-    assert before == "highest"
-    with caplog.at_level("INFO"):
-        check(torch.device("cuda", 0))
-    assert advice in caplog.text  # what a run without the callback is told
+    torch.set_float32_matmul_precision("highest")  # PyTorch's default
+    try:
+        with caplog.at_level("INFO"):
+            check(torch.device("cuda", 0))
+        assert advice in caplog.text  # what a run without the callback is told
 
-    caplog.clear()
-    callback = MatmulPrecision("high")
-    with caplog.at_level("INFO"):
-        check(torch.device("cuda", 0))
-    assert advice not in caplog.text
-    callback.teardown(None, None, "fit")  # type: ignore[arg-type]
-    assert torch.get_float32_matmul_precision() == before
+        caplog.clear()
+        callback = MatmulPrecision("high")
+        with caplog.at_level("INFO"):
+            check(torch.device("cuda", 0))
+        assert advice not in caplog.text
+        callback.on_exception(None, None, RuntimeError())  # type: ignore[arg-type]
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_per_class_validation_accuracy_reaches_tensorboard_and_agrees_with_accuracy(

@@ -25,7 +25,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, base_args, run_train_forked, run_train_subprocess
+from tests.conftest import (
+    REPO,
+    base_args,
+    pythonpath_with,
+    run_train_forked,
+    run_train_subprocess,
+)
 
 pytestmark = pytest.mark.reliability
 HOOKS = "tests.reliability_hooks"
@@ -237,8 +243,7 @@ def test_a_checkpoint_that_runs_code_when_unpickled_is_refused_by_every_command(
     def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, *argv], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300, check=False,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                  [str(REPO), os.environ.get("PYTHONPATH", "")])})
+                              env={**os.environ, "PYTHONPATH": pythonpath_with(REPO)})
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         results = dict(zip(commands, pool.map(run, commands.values()), strict=True))
