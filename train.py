@@ -101,14 +101,14 @@ def read_whole_numbers_as_batch_counts() -> None:
     first and 1 becomes 1.0, every batch. Every Trainer annotation holding int and float is
     rebuilt with int first (``int | float`` unions are not cached); for options where both
     mean the same, e.g. ``gradient_clip_val``, that changes nothing."""
-    for function in {Trainer.__init__, inspect.unwrap(Trainer.__init__)}:
-        annotations = function.__annotations__
-        for name, hint in annotations.items():
-            members = typing.get_args(hint)
-            if (typing.get_origin(hint) in (typing.Union, types.UnionType)
-                    and int in members and float in members and members[0] is not int):
-                int_first = (int, *(m for m in members if m is not int))
-                annotations[name] = functools.reduce(operator.or_, int_first)
+    # One dict: functools.wraps gives the Trainer's env-defaults wrapper the same object.
+    annotations = inspect.unwrap(Trainer.__init__).__annotations__
+    for name, hint in annotations.items():
+        members = typing.get_args(hint)
+        if (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                and int in members and float in members and members[0] is not int):
+            int_first = (int, *(m for m in members if m is not int))
+            annotations[name] = functools.reduce(operator.or_, int_first)
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
