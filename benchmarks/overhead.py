@@ -14,11 +14,19 @@ steps, and a validation pass over the 144 validation images after every epoch.
   the device and reads them once per epoch. No logging, checkpoints or progress output.
 - Lightning barebones: a minimal LightningModule with the same steps, ``Trainer(barebones=True)``
   (no logger, checkpoints, progress bar, sanity check; ``self.log`` is not allowed there).
-- template: ``python train.py fit`` with ``configs/default.yaml`` unchanged, everything on:
+- template: ``python train.py fit`` with the default configs unchanged, everything on:
   TensorBoard logger, the default callbacks, best + last checkpoint every epoch, the 2-batch
   sanity check, torchmetrics accuracy + F1 per stage, the model summary and the progress bar
   the output calls for: Rich's bar on a terminal (run here on a pseudo-terminal), plain lines
   otherwise (``LineProgressBar``).
+- lightning-hydra-template style: the same training written as ashleve/lightning-hydra-template's
+  ``src/models/mnist_module.py`` and default trainer + callbacks configs write it: torchmetrics
+  objects (``MulticlassAccuracy``, ``MeanMetric`` losses, ``MaxMetric`` best val accuracy)
+  updated and passed to ``self.log(..., on_step=False, on_epoch=True, prog_bar=True)`` every
+  step, reset in ``on_train_start``; ``RichProgressBar`` (on the pseudo-terminal),
+  ``ModelCheckpoint`` (val/acc max, best + last), ``EarlyStopping`` (patience 100),
+  ``RichModelSummary`` (all depths), TensorBoard, the sanity check, Lightning's default
+  ``log_every_n_steps`` (50); a fresh output directory per run, as Hydra makes one.
 
 The time is that of ``Trainer.fit`` (for the loop, the same span: model, optimizer and all
 epochs), so argument parsing and reading the images, the same for everyone, are left out.
@@ -47,11 +55,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule, Trainer, seed_everything
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    ModelCheckpoint,
+    RichModelSummary,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import train  # noqa: E402
+from configs import default_config_files  # noqa: E402
 from datamodules.digits import DigitsDataModule  # noqa: E402
 from models.param_groups import param_groups_weight_decay  # noqa: E402
 from models.small_cnn import SmallCNN  # noqa: E402
@@ -61,10 +79,10 @@ LR, WEIGHT_DECAY, LABEL_SMOOTHING, BATCH_SIZE = 0.01, 0.05, 0.1, 16
 
 
 def default_recipe_data(root: Path) -> DigitsDataModule:
-    """The datamodule exactly as configs/default.yaml builds it (through the CLI's parser)."""
+    """The datamodule exactly as the default run builds it (through the CLI's parser)."""
     cli = train.TemplateCLI(
         args=["--data.init_args.root", str(root)], run=False,
-        parser_kwargs={"default_config_files": [str(train.DEFAULT_CONFIG)]},
+        parser_kwargs={"default_config_files": default_config_files([])},
         save_config_callback=None, auto_configure_optimizers=False,
     )
     data = cli.datamodule
@@ -170,6 +188,76 @@ def template(data_root: Path, logs: Path, epochs: int, terminal: bool) -> float:
     return clock.seconds
 
 
+# -- lightning-hydra-template style ----------------------------------------------------------
+class HydraTemplateStyleClassifier(LightningModule):
+    """The same steps as lightning-hydra-template's ``MNISTLitModule`` writes them."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.net = small_cnn(num_classes)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+        # what Accuracy(task="multiclass", num_classes=...) builds: micro average
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+
+    def on_train_start(self) -> None:  # drop what the sanity check accumulated
+        self.val_loss.reset()
+        self.val_acc.reset()
+        self.val_acc_best.reset()
+
+    def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        images, targets = batch
+        logits = self.net(images)
+        return self.criterion(logits, targets), logits.argmax(dim=1), targets
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, preds, targets = self.model_step(batch)
+        self.train_loss(loss)
+        self.train_acc(preds, targets)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, preds, targets = self.model_step(batch)
+        self.val_loss(loss)
+        self.val_acc(preds, targets)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer, schedule = optimizer_and_schedule(self.net,
+                                                     self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule,
+                                                         "interval": "step"}}
+
+
+def hydra_template_style(data: DigitsDataModule, workdir: Path, epochs: int) -> float:
+    seed_everything(SEED, verbose=False)
+    with tempfile.TemporaryDirectory(dir=workdir) as out, pseudo_terminal(), \
+            contextlib.redirect_stderr(io.StringIO()):
+        checkpoint = ModelCheckpoint(Path(out) / "checkpoints", "epoch_{epoch:03d}",
+                                     monitor="val/acc", mode="max", save_last=True,
+                                     auto_insert_metric_name=False)
+        trainer = Trainer(
+            max_epochs=epochs, min_epochs=1, accelerator="cpu", devices=1, default_root_dir=out,
+            logger=TensorBoardLogger(out, name="tensorboard"),
+            callbacks=[checkpoint, EarlyStopping("val/acc", patience=100, mode="max"),
+                       RichModelSummary(max_depth=-1), RichProgressBar()],
+        )
+        model = HydraTemplateStyleClassifier(len(data.class_names))
+        with fit_clock() as clock:
+            trainer.fit(model, datamodule=data)
+    assert trainer.global_step == epochs * len(data.train_dataloader())
+    return clock.seconds
+
+
 class _Clock:
     seconds = 0.0
 
@@ -238,6 +326,8 @@ def measure(repeats: int, epochs: int, workdir: Path) -> tuple[dict[str, list[fl
                                                           terminal=True),
         "template, log file (plain lines)": lambda: template(data_root, workdir / "logs", epochs,
                                                              terminal=False),
+        "lightning-hydra-template style (Rich bar)": lambda: hydra_template_style(data, workdir,
+                                                                                 epochs),
     }
     for run in variants.values():  # warm-up: first-call costs (lazy imports, allocator)
         run()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -35,7 +34,7 @@ def partial_path(path: Path) -> Path:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local saves are write-beside, fsync, then atomic rename."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -57,7 +56,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return None
 
 
-def link_atomically(source: _PATH, target: _PATH) -> bool:
+def link_atomically(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
     """Make ``target`` a second name (hard link) of the complete file ``source``, replacing any
     old ``target`` atomically; False where that is not possible (remote paths, filesystems
     without hard links). Safe only because every save here writes a new file and renames it:

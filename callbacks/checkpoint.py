@@ -1,151 +1,182 @@
-"""ModelCheckpoint whose ``last.ckpt`` is always the latest epoch, and is also saved when fit
-stops on an exception or SIGTERM."""
+"""ModelCheckpoint for any LightningModule: a monitor the module never logs costs no training
+time, and ``last.ckpt`` is always the latest epoch, also after an exception or SIGTERM."""
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import re
+from pathlib import Path
+from typing import Any, Literal
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.atomic_checkpoint_io import AtomicCheckpointIO, link_atomically
 from callbacks.finite_loss import NonFiniteLossError, all_finite
+
+# {name} or {name:format} in a checkpoint file name
+_PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
 
 
 class Checkpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` (best by ``monitor``/``mode``, ``last.ckpt``) whose
-    ``save_on_exception`` writes the interrupted state where ``--ckpt_path last`` looks for it.
+    """Lightning's ``ModelCheckpoint`` (the best ``save_top_k`` files by ``monitor``/``mode``)
+    plus a ``last.ckpt`` this class writes itself.
 
-    When fit ends on an exception, Ctrl+C or SIGTERM (pre-emption: Lightning's signal handler
-    lets the current batch finish, then raises ``SIGTERMException``), the full training state at
-    that step (weights, optimizer, schedule, loop position mid-epoch) is saved as ``last.ckpt``.
-    Lightning's own ``save_on_exception`` also writes a file named by ``filename``, e.g.
-    ``epoch01-loss0.0000.ckpt`` (a missing metric formats as 0), which looks like a best
-    checkpoint but is not one; and with ``save_last: link`` its ``last.ckpt`` would point at
-    the previous, older checkpoint. Nothing is saved outside fit, under ``fast_dev_run``, during
-    the sanity check, or when this step is already saved.
+    * **A monitor the module does not log.** At the first validation (the sanity check counts;
+      the end of the first training epoch if there is no validation) a ``monitor`` missing
+      from the logged metrics is reported in one line and best-by-metric saving is turned off:
+      the run goes on and keeps ``last.ckpt`` only. Lightning would raise after the first
+      epoch, losing its training time. Likewise a metric in ``filename`` that the module does
+      not log (it would be formatted as 0): the name falls back to ``epoch<N>-step<M>``.
+    * **File names follow the monitor.** ``filename`` left out gives
+      ``epoch03-loss0.1234.ckpt`` for ``monitor: val/loss``, ``epoch03-val_acc0.9800.ckpt``
+      for ``val_acc``: never a metric the module does not log.
+    * **``last.ckpt`` is the latest epoch.** Lightning 2.6 rewrites it only when a top-k file
+      was saved at that step (when the metric improved), so ``--ckpt_path last`` could resume
+      an older epoch. Here it is written at every epoch's save point (``every_n_epochs``), by
+      ``trainer.save_checkpoint``, atomically with
+      :class:`~callbacks.atomic_checkpoint_io.AtomicCheckpointIO`.
+    * **``save_on_exception``**: when fit stops on an exception, Ctrl+C or SIGTERM (Lightning
+      lets the batch finish, then raises ``SIGTERMException``), the state at that step
+      (weights, optimizer, schedule, position in the epoch) is written to ``last.ckpt``, where
+      ``--ckpt_path last`` looks. Not after a NaN/inf loss or with non-finite weights (the last
+      good ``last.ckpt`` is worth more), and under DDP only for Ctrl+C and SIGTERM, which reach
+      every rank: saving is collective, and an exception on one rank would leave it waiting.
 
-    Lightning 2.6 rewrites ``last.ckpt`` at the end of an epoch only when a top-k checkpoint
-    was saved at that step, i.e. only when the monitored metric improved: after an epoch without
-    improvement ``last.ckpt`` still held an older epoch, and ``--ckpt_path last`` silently
-    resumed from there. Here it is rewritten at every epoch's save point (every
-    ``every_n_epochs`` epochs), improved or not.
+    Nothing is saved outside fit, under ``fast_dev_run`` or during the sanity check.
 
-    When the best checkpoint was just written at this step, ``last.ckpt`` becomes a hard link
-    to it instead of a second serialisation and write of the same state (Lightning writes
-    both), which halves checkpoint I/O in every epoch that improves. Only with
-    :class:`~callbacks.atomic_checkpoint_io.AtomicCheckpointIO` (never rewrites a file in
-    place, so the two names cannot diverge) and only once ``last.ckpt`` exists (the saved state
-    names it); otherwise, and where links fail, the file is written in full.
-
-    Under DDP only Ctrl+C and SIGTERM (which reach every rank) are saved: an exception on one
-    rank would leave the save waiting for ranks that are still training.
-    No exception checkpoint is written after a NaN/inf loss
-    (:class:`~callbacks.finite_loss.NonFiniteLossError`) or when any weight is no longer finite:
-    resuming from that state would only repeat the failure, and the last good ``last.ckpt`` is
-    worth more than a dead one.
+    Args:
+        monitor / mode / save_top_k / every_n_epochs / dirpath / ...: as ``ModelCheckpoint``.
+        filename: as ``ModelCheckpoint``; None names files after the epoch and the monitor.
+        save_last: write ``last.ckpt`` (see above).
+        save_on_exception: write ``last.ckpt`` when fit stops early (see above).
     """
+
+    def __init__(
+        self,
+        monitor: str | None = "val/loss",
+        mode: Literal["min", "max"] = "min",
+        filename: str | None = None,
+        save_last: bool = True,
+        save_on_exception: bool = True,
+        save_top_k: int = 1,
+        every_n_epochs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if filename is None and monitor:
+            filename = f"epoch{{epoch:02d}}-{monitor.rpartition('/')[2]}{{{monitor}:.4f}}"
+            kwargs["auto_insert_metric_name"] = False  # the name above has its own labels
+        # Lightning's own last.ckpt logic is off: this class writes last.ckpt (see above).
+        super().__init__(monitor=monitor, mode=mode, filename=filename, save_last=False,
+                         save_top_k=save_top_k, every_n_epochs=every_n_epochs, **kwargs)
+        self.write_last = save_last
+        self.write_on_exception = save_on_exception
+        self._checked = False
+        self._training = False  # an exception before training started has nothing to save
+        self._last_written_step: int | None = None
+        # The key the callback's state is saved under repeats the settings it was built with,
+        # so that it stays the same when an unlogged monitor is turned off during the run.
+        self._state_key = super().state_key
 
     @property
     def state_key(self) -> str:
-        # Lightning rebuilds this string (a repr of five settings, fixed at construction) for
-        # every hook call it makes, to label it for the profiler: keep the first one.
-        key = self.__dict__.get("_state_key_cache")
-        if key is None:
-            key = self.__dict__["_state_key_cache"] = super().state_key
-        return key
+        return self._state_key
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        # Without step- or time-based saving (the default) there is nothing to decide per
-        # batch; Lightning still evaluates its skip conditions after every one.
-        if self._every_n_train_steps < 1 and self._train_time_interval is None:
-            return
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        due = self._epoch_save_due(trainer, at_train_epoch_end=True)
-        super().on_train_epoch_end(trainer, pl_module)
-        if due and self._last_global_step_saved != trainer.global_step:
-            self._write_last(trainer)
+    # -- a monitor or file name metric the module does not log -------------------------------
+    def check_logged_metrics(self, trainer: Trainer) -> None:
+        """Once, at the first point where the monitor should have been logged."""
+        self._checked = True
+        logged = {*trainer.callback_metrics, "epoch", "step"}  # Lightning adds these two
+        module = type(trainer.lightning_module).__name__
+        if self.monitor and self.monitor not in logged:
+            metrics = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+            rank_zero_info(
+                f"Warning: checkpoint.monitor {self.monitor!r} is not logged by {module} (it logs: "
+                f"{metrics}): keeping last.ckpt only; set --checkpoint.monitor to one of its "
+                "metrics for best-model checkpoints.")
+            self.monitor = None
+            self.save_top_k = 0
+        missing = [name for name in _PLACEHOLDER.findall(self.filename or "")
+                   if name not in logged]
+        if missing and self.save_top_k:
+            rank_zero_info(f"Warning: checkpoint.filename {self.filename!r} names {missing}, "
+                           f"not logged by {module}: files are named epoch<N>-step<M> instead.")
+            self.filename = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        due = self._epoch_save_due(trainer, at_train_epoch_end=False)
+        if not self._checked and trainer.state.fn == TrainerFn.FITTING:
+            self.check_logged_metrics(trainer)
         super().on_validation_end(trainer, pl_module)
-        if due and self._last_global_step_saved != trainer.global_step:
-            self._write_last(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._checked and not sum(trainer.num_val_batches or [0]):
+            self.check_logged_metrics(trainer)  # no validation: the monitor is a train metric
+        super().on_train_epoch_end(trainer, pl_module)
+        # Epoch-end validation ran before this hook, so its top-k save is already done.
+        every = self.every_n_epochs or 0
+        if every >= 1 and (trainer.current_epoch + 1) % every == 0:
+            self.save_last_checkpoint(trainer)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._training = True
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Lightning's save_last at the end of training checks none of the skip conditions
-        # above: under fast_dev_run it wrote a last.ckpt (into default_root_dir) that the
-        # summary then reported.
-        if trainer.fast_dev_run:
-            return
-        super().on_train_end(trainer, pl_module)
+        self.save_last_checkpoint(trainer)  # e.g. max_steps reached inside an epoch
 
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        # Lightning calls this right after the top-k save of the same step, if there was one.
-        self._link_from = None
-        if self._last_global_step_saved == trainer.global_step and self.last_model_path:
-            self._link_from = (self._last_checkpoint_saved, self.last_model_path)
-        try:
-            super()._save_last_checkpoint(trainer, monitor_candidates)
-        finally:
-            self._link_from = None
-
-    def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
-        link = getattr(self, "_link_from", None)
-        # The linked file's saved state names last_model_path as it was before this save:
-        # only link when that is this very file.
-        if (link is not None and link[1] == filepath and link[0] != filepath
-                and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)):
-            linked = link_atomically(link[0], filepath) if trainer.is_global_zero else False
-            if trainer.strategy.broadcast(linked):
-                self._last_global_step_saved = trainer.global_step
-                self._last_checkpoint_saved = filepath
-                return
-        super()._save_checkpoint(trainer, filepath)
-
-    def _epoch_save_due(self, trainer: Trainer, at_train_epoch_end: bool) -> bool:
-        """Whether ModelCheckpoint saves in this hook (checked before it runs: saving changes
-        the answer)."""
-        every = self._every_n_epochs
-        return (bool(self.save_last) and every >= 1
-                and (trainer.current_epoch + 1) % every == 0
-                and not self._should_skip_saving_checkpoint(trainer)
-                and self._should_save_on_train_epoch_end(trainer) == at_train_epoch_end)
-
-    def _write_last(self, trainer: Trainer) -> str:
-        """Save the current state as ``last.ckpt`` (a file, never a link to an older one)."""
-        filepath = self.format_checkpoint_name(self._monitor_candidates(trainer),
-                                               self.CHECKPOINT_NAME_LAST)
-        if trainer.is_global_zero and os.path.islink(filepath):
-            os.remove(filepath)  # a real file, not a link to an older checkpoint
+    # -- last.ckpt ----------------------------------------------------------------------------
+    def save_last_checkpoint(self, trainer: Trainer) -> str | None:
+        """Write the current state to ``last.ckpt``, unless this step is already there."""
+        if (not self.write_last or trainer.fast_dev_run or trainer.sanity_checking
+                or trainer.state.fn != TrainerFn.FITTING
+                or self._last_written_step == trainer.global_step):
+            return None
+        filepath = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
         # Before saving: the saved callback state must name this file, or the resumed run
         # would write last-v1.ckpt beside it instead of replacing it.
         self.last_model_path = filepath
-        self._save_checkpoint(trainer, filepath)
+        trainer.save_checkpoint(filepath, self.save_weights_only)
+        self._last_written_step = trainer.global_step
         return filepath
 
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        if trainer.state.fn != TrainerFn.FITTING or not self._should_save_on_exception(trainer):
+        if not self.write_on_exception or not self._training or trainer.sanity_checking:
             return
         if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt,
                                                                    SIGTERMException)):
-            # Saving is collective (a barrier, rank 0 writes); an exception on one rank finds
-            # the others inside a training step, so the save would hang the job. Ctrl+C and
-            # SIGTERM reach every rank, which then save together.
-            return
+            return  # the other ranks are inside a training step: a collective save would hang
         if isinstance(exception, NonFiniteLossError) or not all_finite(pl_module):
             rank_zero_info(f"{type(exception).__name__}: not saving the non-finite state; "
                            f"{self.last_model_path or 'no checkpoint'} is the last good one")
             return
-        filepath = self._write_last(trainer)
-        rank_zero_info(f"{type(exception).__name__} at step {trainer.global_step}: saved "
-                       f"{filepath} (resume with --ckpt_path last)")
+        filepath = self.save_last_checkpoint(trainer)
+        if filepath:
+            rank_zero_info(f"{type(exception).__name__} at step {trainer.global_step}: saved "
+                           f"{filepath} (resume with --ckpt_path last)")
+
+
+def resolve_last_checkpoint(config: Any) -> None:
+    """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
+    logger write into that run's version folder, so a resumed run continues the same logs and
+    checkpoints instead of starting a new version that has no ``last.ckpt``."""
+    logger = config.get("trainer.logger")
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or "save_dir" not in init_args:
+        return
+    runs = Path(init_args.save_dir) / (init_args.get("name") or "")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            rank_zero_warn(f"--ckpt_path last: no last.ckpt under {runs}; starting from scratch.")
+            config["ckpt_path"] = None
+            return
+        ckpt_path = str(candidates[-1])
+        config["ckpt_path"] = ckpt_path
+    if ckpt_path and init_args.get("version") is None:
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        if run_dir.parent == runs.resolve():
+            init_args["version"] = run_dir.name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
@@ -22,13 +21,6 @@ class EMA(EMAWeightAveraging):
     it was *not* chosen for. Outside fit this leaves the checkpoint's ``state_dict``, the
     average, in place.
     """
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # Lightning warns about any overridden configure_model (sharding); ImageClassifier's
-        # only builds the backbone from the class count, so the warning would only mislead.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*overrides the configure_model")
-            super().setup(trainer, pl_module, stage)
 
     def on_load_checkpoint(
         self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]

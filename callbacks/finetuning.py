@@ -61,6 +61,8 @@ class FreezeBackbone(BaseFinetuning):
         self.head = head
         self.train_bn = train_bn
         self._unfrozen = False
+        # True from loading a checkpoint's state for this callback until that fit starts.
+        self.restored = False
 
     # -- which modules -------------------------------------------------------------------------
     def backbone_modules(self, pl_module: LightningModule) -> list[nn.Module]:
@@ -81,10 +83,11 @@ class FreezeBackbone(BaseFinetuning):
         self.freeze(self.backbone_modules(pl_module), train_bn=self.train_bn)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._restarting and self._unfrozen:
+        if self.restored and self._unfrozen:
             # Resumed after the unfreeze epoch: setup froze the backbone again and the epoch
             # that unfreezes it will not come back; BaseFinetuning restores the groups.
             self.make_trainable(self.backbone_modules(pl_module))
+        self.restored = False
         super().on_fit_start(trainer, pl_module)
 
     def finetune_function(self, pl_module: LightningModule, epoch: int,
@@ -131,6 +134,7 @@ class FreezeBackbone(BaseFinetuning):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._unfrozen = bool(state_dict.get("unfrozen", False))
+        self.restored = True
         super().load_state_dict(state_dict)
 
 

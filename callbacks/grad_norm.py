@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
-from callbacks.direct_logging import log_to_loggers
+from callbacks.direct_logging import log_to_loggers, logs_this_step
 
 
 class GradNormLogger(Callback):
@@ -34,9 +34,9 @@ class GradNormLogger(Callback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        # The same test Lightning's LearningRateMonitor uses: true exactly on the steps whose
-        # step-level metrics reach the logger, so no norm is computed only to be dropped.
-        if not trainer._logger_connector.should_update_logs:
+        # Before the optimizer step, global_step is the step being taken (the helper's default).
+        # Only the steps whose step-level metrics Lightning writes: no norm computed to be dropped.
+        if not logs_this_step(trainer):
             return
         named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
         if not named:

@@ -1,5 +1,10 @@
 """Predictions to one CSV: path, predicted class name and a probability column per class.
 
+The contract with the model is the one ``predict`` and ``models.export`` share: its
+``predict_step`` (by default Lightning's ``self(batch)``, i.e. ``forward``) returns one row of
+logits or probabilities per input. Rows that are not already probabilities (in [0, 1], summing
+to 1) go through a softmax.
+
 Each rank keeps its own predictions (they are small: one row of probabilities per image) and
 they are gathered on rank 0 at the end, which writes the file. Gathering, rather than per-rank
 part files merged from disk, needs no file system shared between nodes.
@@ -19,27 +24,36 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from datamodules.validation import DataError
+
 
 class PredictionCSVWriter(BasePredictionWriter):
     """Writes ``output_path`` with columns ``path``, ``label`` (the class name) and
     ``prob_<class>`` for every class, one row per predicted input, in input order.
 
-    Batches must be ``(inputs, indices)`` where ``indices`` are positions in the predict
-    dataset (``PredictImageDataset``), and ``predict_step`` must return probabilities. Rows are
-    keyed by that index, so an input a distributed sampler gave to two ranks is written once.
-    Inputs the datamodule skipped as unreadable (``predict_problems``) are listed in
-    ``<output stem>.skipped.csv``.
+    Rows are keyed by the dataset index Lightning reports for each batch, so an input a
+    distributed sampler gave to two ranks is written once, and ``path`` comes from the predict
+    dataset's ``paths`` where it has them. Class names come from the model's ``class_names``
+    hyperparameter, else the datamodule's, else the column index. Inputs the datamodule skipped
+    as unreadable (``predict_problems``) are listed in ``<output stem>.skipped.csv``. Only acts
+    in ``predict``.
+
+    Args:
+        output_path: the CSV; None writes ``predictions.csv`` into the checkpoint's run folder
+            (beside ``checkpoints/``), or beside the checkpoint.
     """
 
-    def __init__(self, output_path: str | Path = "predictions.csv") -> None:
+    def __init__(self, output_path: str | Path | None = None) -> None:
         super().__init__(write_interval="batch")
-        self.output_path = Path(output_path)
+        self.output_path = Path(output_path) if output_path is not None else None
+        self.target = self.output_path  # where this predict run writes
         self._indices: list[Tensor] = []
         self._probs: list[Tensor] = []
         self.report = ""  # what was written where, for the caller to print once the run ends
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._indices, self._probs = [], []
+        self.target = self.output_path or default_output(trainer.ckpt_path or "predictions.csv")
 
     def write_on_batch_end(
         self,
@@ -51,8 +65,16 @@ class PredictionCSVWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self._indices.append(batch[1].detach().to("cpu", torch.long))
-        self._probs.append(prediction.detach().to("cpu", torch.float32))
+        rows = len(batch_indices) if batch_indices is not None else -1
+        if not isinstance(prediction, Tensor) or prediction.ndim != 2 or len(prediction) != rows:
+            got = (f"shape {tuple(prediction.shape)}" if isinstance(prediction, Tensor)
+                   else type(prediction).__name__)
+            raise DataError(
+                f"predict: {type(pl_module).__name__}'s predict_step (or forward) returned "
+                f"{got} for a batch of {rows}; the CSV needs one row of logits or "
+                "probabilities per input, shape (batch, classes)")
+        self._indices.append(torch.as_tensor(batch_indices, dtype=torch.long))
+        self._probs.append(as_probabilities(prediction.detach().to("cpu", torch.float32)))
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         indices = torch.cat(self._indices) if self._indices else torch.empty(0, dtype=torch.long)
@@ -79,19 +101,46 @@ class PredictionCSVWriter(BasePredictionWriter):
         table.insert(0, "path", [str(paths[i]) for i in indices] if paths else indices)
         table.insert(0, "_index", indices)
         table = table.drop_duplicates("_index").sort_values("_index").drop(columns="_index")
-        self.output_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(table, self.output_path)
-        message = f"Predictions: {len(table)} rows written to {self.output_path}"
+        assert self.target is not None
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(table, self.target)
+        message = f"Predictions: {len(table)} rows written to {self.target}"
         if paths is not None and len(table) != len(paths):
             # e.g. limit_predict_batches, or batches whose second element is not the index
             rank_zero_warn(f"{len(table)} predictions for {len(paths)} inputs")
         skipped = getattr(trainer.datamodule, "predict_problems", None) or []
         if skipped:
-            skipped_path = self.output_path.with_name(self.output_path.stem + ".skipped.csv")
+            skipped_path = self.target.with_name(self.target.stem + ".skipped.csv")
             _write_atomically(pd.DataFrame([(str(p), why) for p, why in skipped],
                                            columns=["path", "reason"]), skipped_path)
             message += f"; {len(skipped)} unreadable input(s) listed in {skipped_path}"
         self.report = message
+
+
+def as_probabilities(rows: Tensor) -> Tensor:
+    """Rows already in [0, 1] that sum to 1 are kept; anything else is taken as logits."""
+    is_probability = bool(((rows >= 0) & (rows <= 1)).all()) and torch.allclose(
+        rows.sum(dim=1), torch.ones(len(rows)), atol=1e-3)
+    return rows if is_probability else rows.softmax(dim=1)
+
+
+def default_output(ckpt_path: str | Path) -> Path:
+    """``<run>/predictions.csv`` for a checkpoint in ``<run>/checkpoints/``, else beside it."""
+    folder = Path(ckpt_path).resolve().parent
+    if folder.name == "checkpoints":
+        folder = folder.parent
+    return folder / "predictions.csv"
+
+
+def class_names_in(ckpt_path: str | Path) -> list[str] | None:
+    """The class names a checkpoint was trained on: the model's ``class_names``
+    hyperparameter, else the datamodule state saved in it (any entry with ``class_names``)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    for value in checkpoint.values():
+        if not names and isinstance(value, dict) and isinstance(value.get("class_names"), list):
+            names = value["class_names"]
+    return [str(n) for n in names] if names else None
 
 
 def _class_names(trainer: Trainer, pl_module: LightningModule, num_classes: int) -> list[str]:

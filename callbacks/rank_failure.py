@@ -12,10 +12,10 @@ rank and, on the launching process, SIGKILLs the ranks it started.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -31,8 +31,16 @@ class ReportRankFailure(Callback):
         sys.stderr.write(f"train.py: rank {trainer.global_rank} failed: "
                          f"{type(exception).__name__}: {exception}\n")
         sys.stderr.flush()
+        # Lightning's launchers that start processes keep them in their ``procs`` list and stop
+        # them with ``kill``. Only the script launcher (``python train.py`` under DDP) fills it
+        # in a process that trains; the spawning ones fill it in a parent that runs no Trainer.
         launcher = trainer.strategy.launcher
-        if isinstance(launcher, _SubprocessScriptLauncher) and launcher.procs:
-            launcher.kill(signal.SIGKILL)
-            for process in launcher.procs:  # gone before this process exits: no orphans
+        processes = list(getattr(launcher, "procs", None) or [])
+        if not processes:
+            return
+        launcher.kill(signal.SIGKILL)
+        for process in processes:  # gone before this process exits: no orphans
+            if isinstance(process, subprocess.Popen):
                 process.wait(timeout=30)
+            else:
+                process.join(timeout=30)

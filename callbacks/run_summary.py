@@ -73,15 +73,15 @@ class RunSummary(Callback):
         value, best = float(value), self.best_metrics.get(monitor)
         maximize = getattr(checkpoint, "mode", "min") == "max"
         if best is None or math.isnan(best) or (value > best if maximize else value < best):
-            self.best_metrics = _scalars(trainer.callback_metrics, prefixes=("val/",))
+            self.best_metrics = _scalars(trainer.callback_metrics, prefixes=_prefixes("val"))
             self.best_epoch = trainer.current_epoch
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._started
-        self.fit_metrics = _scalars(trainer.callback_metrics, prefixes=("val/", "train/"))
+        self.fit_metrics = _scalars(trainer.callback_metrics, prefixes=_prefixes("val", "train"))
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.test_metrics = _scalars(trainer.callback_metrics, prefixes=("test/",))
+        self.test_metrics = _scalars(trainer.callback_metrics, prefixes=_prefixes("test"))
 
     def collect(self, trainer: Trainer) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
@@ -156,7 +156,7 @@ def _metrics_table(summary: dict[str, Any]) -> Table:
     best, flat = summary["best_epoch_metrics"], summary["metrics"]
     best_label = "best val" + (f" (epoch {summary['best_epoch']})"
                                if summary["best_epoch"] is not None else "")
-    columns = [(best_label, {k.split("/", 1)[1]: v for k, v in best.items()}),
+    columns = [(best_label, _stage(best, "val")),
                ("last val", _stage(flat, "val")), ("last train", _stage(flat, "train")),
                ("test", _stage(flat, "test"))]
     columns = [(title, values) for title, values in columns if values]
@@ -173,9 +173,15 @@ def _metrics_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def _prefixes(*stages: str) -> tuple[str, ...]:
+    """Metric names of these stages: ``val/acc`` (this template's style) or ``val_acc``."""
+    return tuple(f"{stage}{sep}" for stage in stages for sep in ("/", "_"))
+
+
 def _stage(metrics: dict[str, float], stage: str) -> dict[str, float]:
-    return {name.split("/", 1)[1]: value for name, value in metrics.items()
-            if name.startswith(f"{stage}/") and not name.endswith("_step")}
+    """``{metric: value}`` of one stage, the stage prefix removed (``val/acc``, ``val_acc``)."""
+    return {name[len(stage) + 1:]: value for name, value in metrics.items()
+            if name.startswith(_prefixes(stage)) and not name.endswith("_step")}
 
 
 def _table(summary: dict[str, Any]) -> Table:

@@ -1,16 +1,27 @@
-"""Pictures in TensorBoard's Images tab: what the model is fed, and where it goes wrong."""
+"""Pictures in TensorBoard's Images tab: what the model is fed, and where it goes wrong.
+
+The validation pictures (confusion matrix, worst mistakes) need the logits of each validation
+batch, one row per input: ``(batch, classes)``. They are taken from what ``validation_step``
+returned when that is such a tensor or a dict with such a tensor under ``"logits"`` (no extra
+cost; ``ImageClassifier`` returns its logits). Otherwise the callback runs
+``pl_module(inputs)`` itself, without gradients: a second forward pass per validation batch, so
+``forward`` must map the batch's inputs to logits (the contract prediction and export rely on
+too). If it fails or returns anything else, one line says so and the run continues without
+those pictures. Batches are ``(inputs, targets)`` with 1-D integer targets; batches of any
+other shape get no validation pictures, silently.
+"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, ImageDraw
-from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision import transforms
@@ -32,13 +43,22 @@ class TensorBoardImages(Callback):
       confidence, labelled ``true>predicted confidence``. Under DDP these come from rank 0's
       shard of the validation set.
 
-    The cost per validation step is a softmax, a ``topk`` over ``worst_k + batch`` scores and a
-    confusion-matrix update, all on the device without a host sync; drawing and PNG encoding
-    happen once per epoch. Each grid holds at most ``max_images`` images, and the confusion
-    matrix is skipped above ``max_classes`` classes. Pictures need the validation step to
-    return the logits (``{"logits": ...}`` or the tensor itself), as ``ImageClassifier`` does;
-    otherwise only the training grid is drawn. Float images are un-normalised with the
-    ``Normalize`` found in the datamodule's transforms, else min-max scaled.
+    The validation pictures use the logits of each validation batch, ``(batch, classes)``:
+    what ``validation_step`` returned, if it is such a tensor or a dict with one under
+    ``"logits"`` (free: ``ImageClassifier`` returns its logits); otherwise
+    ``pl_module(inputs)``, called here under ``torch.no_grad()``, so ``forward`` must map a
+    batch's inputs to one row of logits per input (as prediction and export expect), at the
+    cost of a second forward pass. If that call fails or returns something else, rank 0 prints
+    one line saying what is needed, the validation pictures are off for the rest of the run and
+    training goes on. Batches must be ``(inputs, targets)`` with 1-D integer targets; for
+    other batches there are no validation pictures, without a message.
+
+    The cost per validation step (beyond that forward pass, when needed) is a softmax, a
+    ``topk`` over ``worst_k + batch`` scores, kept on the device without a host sync, and a
+    torchmetrics confusion-matrix update; drawing and PNG encoding happen once per epoch. Each
+    grid holds at most ``max_images`` images, and the confusion matrix is skipped above
+    ``max_classes`` classes. Float images are un-normalised with the ``Normalize`` found in the
+    datamodule's transforms, else min-max scaled.
 
     Args:
         train_grid: log the training batch at the start of fit.
@@ -64,6 +84,11 @@ class TensorBoardImages(Callback):
         self._train_grid_due = False
         self._confmat: MulticlassConfusionMatrix | None = None
         self._worst: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        # Set once the module's forward could not give logits: no more tries in this run.
+        self._no_logits = False
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._no_logits = False
 
     # -- training grid -----------------------------------------------------------------------
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -75,8 +100,9 @@ class TensorBoardImages(Callback):
         if not self._train_grid_due:
             return
         self._train_grid_due = False
-        images, targets = _images_and_targets(batch)
-        if images is None or not trainer.is_global_zero or not _writers(trainer):
+        inputs, targets = _inputs_and_targets(batch)
+        images = _images(inputs)
+        if images is None or targets is None or not trainer.is_global_zero or not _writers(trainer):
             return
         names = _class_names(trainer, pl_module)
         labels = [_name(names, t) for t in targets[: self.max_images].tolist()]
@@ -94,14 +120,17 @@ class TensorBoardImages(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
         batch_idx: int, dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or self._no_logits:
             return
-        logits = outputs.get("logits") if isinstance(outputs, dict) else outputs
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            return
-        images, targets = _images_and_targets(batch)
+        inputs, targets = _inputs_and_targets(batch)
         if targets is None:
             return
+        logits = _batch_logits(outputs, len(targets))
+        if logits is None:
+            logits = self._forward_logits(trainer, pl_module, inputs, len(targets))
+            if logits is None:
+                return
+        images = _images(inputs)
         num_classes = logits.shape[-1]
         if self.confusion_matrix and num_classes <= self.max_classes:
             if self._confmat is None or self._confmat.num_classes != num_classes:
@@ -109,6 +138,28 @@ class TensorBoardImages(Callback):
             self._confmat.update(logits, targets)
         if self.worst_k > 0 and images is not None and trainer.is_global_zero:
             self._keep_worst(images, targets, logits)
+
+    def _forward_logits(self, trainer: Trainer, pl_module: LightningModule, inputs: Any,
+                        batch: int) -> Tensor | None:
+        """``pl_module(inputs)`` as validation runs it, if that is ``(batch, classes)`` logits;
+        otherwise None, after saying once what is missing and turning these pictures off."""
+        try:
+            with torch.no_grad(), trainer.precision_plugin.val_step_context():
+                result = pl_module(inputs)
+        except Exception as error:  # a user's forward may raise anything; training goes on
+            got = f"raised {type(error).__name__}: {error}".splitlines()[0]
+        else:
+            logits = _batch_logits(result, batch, in_dict=False)
+            if logits is not None:
+                return logits
+            shape = f" of shape {tuple(result.shape)}" if isinstance(result, Tensor) else ""
+            got = f"returned {type(result).__name__}{shape}"
+        self._no_logits = True
+        rank_zero_info(
+            f"TensorBoardImages: no confusion matrix or worst-mistakes grid: they need "
+            f"(batch, classes) logits from validation_step's return value or from "
+            f"{type(pl_module).__name__}'s forward(inputs), which {got}")
+        return None
 
     @torch.no_grad()
     def _keep_worst(self, images: Tensor, targets: Tensor, logits: Tensor) -> None:
@@ -191,15 +242,32 @@ def confusion_matrix_image(
     return image
 
 
-def _images_and_targets(batch: Any) -> tuple[Tensor | None, Tensor | None]:
-    """``(images, targets)`` of a classification batch; images only when 4-D (B, C, H, W)."""
+def _inputs_and_targets(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(inputs, targets)`` of a classification batch (1-D integer targets), else ``(None,
+    None)``."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         return None, None
     inputs, targets = batch[0], batch[1]
-    if not isinstance(targets, Tensor) or targets.ndim != 1:
+    if (not isinstance(targets, Tensor) or targets.ndim != 1
+            or targets.is_floating_point() or targets.is_complex()):
         return None, None
-    images = inputs if isinstance(inputs, Tensor) and inputs.ndim == 4 else None
-    return images, targets
+    return inputs, targets
+
+
+def _images(inputs: Any) -> Tensor | None:
+    """The inputs if they are a batch of images (B, C, H, W)."""
+    return inputs if isinstance(inputs, Tensor) and inputs.ndim == 4 else None
+
+
+def _batch_logits(value: Any, batch: int, in_dict: bool = True) -> Tensor | None:
+    """``value`` (or, with ``in_dict``, its ``"logits"`` entry) if it is a float tensor of
+    shape ``(batch, classes)`` with at least two classes."""
+    if in_dict and isinstance(value, dict):
+        value = value.get("logits")
+    if (isinstance(value, Tensor) and value.ndim == 2 and value.shape[0] == batch
+            and value.shape[1] >= 2 and value.is_floating_point()):
+        return value.detach()
+    return None
 
 
 def _class_names(trainer: Trainer, pl_module: LightningModule) -> list[str]:
@@ -240,17 +308,11 @@ def _writers(trainer: Trainer) -> list[Any]:
 
 
 def _log_image(trainer: Trainer, tag: str, picture: Image.Image) -> None:
-    """The picture as a PNG in an image summary. Encoded here, at zlib level 1: ``add_image``
-    takes an array, rescales it through float32 and encodes at level 6, 6 ms instead of 2.5 ms
-    for a confusion matrix, every validation epoch."""
+    """The picture, at ``trainer.global_step``, through each TensorBoard writer's ``add_image``
+    (it encodes the PNG)."""
     writers = _writers(trainer)
     if not writers:
         return
-    picture = picture.convert("RGB")
-    png = io.BytesIO()
-    picture.save(png, format="PNG", compress_level=1)
-    summary = Summary(value=[Summary.Value(tag=tag, image=Summary.Image(
-        height=picture.height, width=picture.width, colorspace=3,
-        encoded_image_string=png.getvalue()))])
+    pixels = np.asarray(picture.convert("RGB"))  # (height, width, 3) uint8
     for writer in writers:
-        writer._get_file_writer().add_summary(summary, trainer.global_step)
+        writer.add_image(tag, pixels, global_step=trainer.global_step, dataformats="HWC")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from callbacks.direct_logging import log_to_loggers
+from callbacks.direct_logging import log_to_loggers, logs_this_step
 
 
 def batch_size(batch: Any) -> int:
@@ -25,20 +25,27 @@ class Throughput(Callback):
     ``train/samples_per_sec``, all ranks together, under DDP, and ``train/device/flops_per_sec``
     if the LightningModule has a ``flops_per_batch`` attribute) every
     ``trainer.log_every_n_steps`` steps: the samples and batches since the previous logged step
-    over the time they took. Time spent in validation is left out.
+    over the time they took. Time spent in validation is left out. The logged steps and their
+    step numbers are those of Lightning's own step metrics (``callbacks.direct_logging``); with
+    gradient accumulation a window ends on an optimizer step and counts every batch in it.
 
     Lightning's ``ThroughputMonitor`` times every batch: it synchronizes the GPU after each one
     (the host can no longer queue work ahead of the device) and updates a rolling window on
-    every step, which was ~2 % of the default digits fit on CPU. Here a step costs a ``len``;
-    the clock is read (after one synchronize on CUDA) only on the steps that are logged, where
-    logging the loss waits for the device anyway. The first logged step of each epoch only
-    starts a window: its time would include the epoch start (loader start-up, validation).
+    every step. Here a step costs a ``len`` and a comparison; the clock is read (after one
+    synchronize on CUDA) only on the steps that are logged, where logging the loss waits for the
+    device anyway. The first logged step of each epoch only starts a window: its time would
+    include the epoch start (loader start-up, validation).
     """
 
     def __init__(self) -> None:
         self._samples = self._batches = 0
         self._window_start: float | None = None
         self._validation_started: float | None = None
+        # global_step at the previous batch's end: tells whether this batch took a step.
+        self._last_global_step = 0
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._last_global_step = trainer.global_step  # a resumed run starts past 0
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._window_start = None
@@ -49,7 +56,12 @@ class Throughput(Callback):
     ) -> None:
         self._samples += batch_size(batch)
         self._batches += 1
-        if not trainer._logger_connector.should_update_logs:
+        # A batch that only accumulated gradients leaves global_step alone, and Lightning writes
+        # no step metrics for it. After the optimizer step global_step counts that step too.
+        stepped = trainer.global_step != self._last_global_step
+        self._last_global_step = trainer.global_step
+        step = trainer.global_step - 1
+        if not stepped or not logs_this_step(trainer, step):
             return
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()  # the work queued so far belongs to this window
@@ -63,7 +75,7 @@ class Throughput(Callback):
             flops = getattr(pl_module, "flops_per_batch", None)
             if flops:
                 rates["train/device/flops_per_sec"] = flops * self._batches / seconds
-            log_to_loggers(trainer, rates)
+            log_to_loggers(trainer, rates, step)
         self._window_start, self._samples, self._batches = now, 0, 0
 
     # Validation inside a training epoch (val_check_interval < 1) is not training time.

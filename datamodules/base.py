@@ -112,6 +112,13 @@ class ClassificationDataModule(LightningDataModule):
         train_batch_transforms / eval_batch_transforms: transforms applied to whole batches
             after they reach the device (``on_after_batch_transfer``): with cached uint8 images
             this is where augmentation is cheapest, on the GPU when there is one.
+        class_names: the classes in the model's output order. Normally left out: the training
+            split's labels, sorted. ``train.py predict`` sets it from the checkpoint, so
+            predicting needs no training table.
+
+    ``class_names``, ``num_classes`` and ``num_features`` are known before Lightning sets the
+    data up (reading and checking the table once, on first use): ``train.py`` hands them to
+    the model's ``__init__`` (LightningCLI ``link_arguments``), so configs never repeat them.
     """
 
     def __init__(
@@ -129,6 +136,7 @@ class ClassificationDataModule(LightningDataModule):
         num_workers: int | None = None,
         train_batch_transforms: v2.Transform | None = None,
         eval_batch_transforms: v2.Transform | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.label_column = label_column
@@ -144,9 +152,43 @@ class ClassificationDataModule(LightningDataModule):
         self.num_workers = num_workers  # None: decided per loader, once the device count is known
         self.train_batch_transforms = train_batch_transforms
         self.eval_batch_transforms = eval_batch_transforms
-        self.class_names: list[str] = []
+        self._class_names = [str(name) for name in class_names] if class_names else None
+        self._names_given = self._class_names is not None
+        self._table: pd.DataFrame | None = None
+        self._split_rows: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
         self.split_tables: dict[str, pd.DataFrame] = {}
+
+    # -- what the model is sized from --------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        """The classes in the model's output order (reads the table on first use)."""
+        if self._class_names is None:
+            self.table_and_splits()
+        assert self._class_names is not None
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_features(self) -> int | None:
+        """Input features per row for tabular data; None where inputs are images."""
+        return None
+
+    def table_and_splits(self) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """The checked table and its rows per split, read once."""
+        if self._table is None:
+            table = self.checked_table()
+            split_rows = self.split_rows(table)
+            if self._class_names is None:
+                self._class_names = class_names_from(
+                    table.iloc[split_rows["train"]][self.label_column])
+            index = {name: i for i, name in enumerate(self._class_names)}
+            self.check_labels_known(table, split_rows, index)
+            self._table, self._split_rows = table, split_rows
+        return self._table, self._split_rows
 
     # -- what a subclass provides -------------------------------------------------------------
     @property
@@ -185,12 +227,9 @@ class ClassificationDataModule(LightningDataModule):
             return
         if all(split in self.datasets for split in SPLITS):
             return
-        table = self.checked_table()
-        split_rows = self.split_rows(table)
-        train = table.iloc[split_rows["train"]]
-        self.class_names = class_names_from(train[self.label_column])
+        table, split_rows = self.table_and_splits()
         index = {name: i for i, name in enumerate(self.class_names)}
-        self.check_labels_known(table, split_rows, index)
+        train = table.iloc[split_rows["train"]]
         self.fit_on_train(train)
         for split in SPLITS:
             rows = table.iloc[split_rows[split]]
@@ -244,14 +283,16 @@ class ClassificationDataModule(LightningDataModule):
     def check_labels_known(
         self, table: pd.DataFrame, split_rows: dict[str, np.ndarray], index: dict[str, int]
     ) -> None:
-        """Validation/test labels must be classes the model was trained on."""
+        """Every label must be one of the model's classes (validation/test labels: classes the
+        model was trained on)."""
         problems = []
-        for split in ("val", "test"):
+        for split in SPLITS:
             for row in split_rows[split]:
                 key = label_key(table[self.label_column].iloc[row])
                 if key not in index:
-                    problems.append(Problem(int(row), f"{split} label {key!r} is not a training "
-                                                      f"class {self.class_names}"))
+                    what = "in class_names" if self._names_given else "a training class"
+                    problems.append(Problem(int(row), f"{split} label {key!r} is not "
+                                                      f"{what} {self.class_names}"))
         if problems:
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
 
@@ -321,20 +362,22 @@ class ClassificationDataModule(LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training
         transform = self.train_batch_transforms if training else self.eval_batch_transforms
-        if transform is None or not isinstance(batch, (tuple, list)):
+        if transform is None:
             return batch
-        return apply_to_inputs(transform, batch)
+        if isinstance(batch, Tensor):  # predict batches are the inputs alone
+            return transform(batch)
+        return apply_to_inputs(transform, batch) if isinstance(batch, (tuple, list)) else batch
 
     def state_dict(self) -> dict[str, Any]:
         # Saved in every checkpoint: prediction needs the class order the model was trained on.
-        return {"class_names": list(self.class_names)}
+        return {"class_names": list(self._class_names or [])}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("class_names")
-        if saved and self.class_names and saved != self.class_names:
+        if saved and self._class_names and saved != self._class_names:
             raise DataError(f"{self.source}: the checkpoint's classes {saved} differ from the "
-                             f"data's {self.class_names}")
-        self.class_names = list(saved or self.class_names)
+                             f"data's {self._class_names}")
+        self._class_names = list(saved or self._class_names or []) or None
 
 
 def targets_tensor(targets: np.ndarray | None, length: int) -> Tensor:

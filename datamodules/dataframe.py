@@ -115,7 +115,8 @@ class DataFrameDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["data", "train_transforms", "eval_transforms",
-                                          "train_batch_transforms", "eval_batch_transforms"])
+                                          "train_batch_transforms", "eval_batch_transforms",
+                                          "class_names"])
         self.data = data
         self.feature_columns = feature_columns
         self.standardize = standardize
@@ -136,6 +137,14 @@ class DataFrameDataModule(ClassificationDataModule):
         if isinstance(self.data, pd.DataFrame):
             return self.data
         return read_table(Path(self.data), what="data file")
+
+    @property
+    def num_features(self) -> int | None:
+        """Feature columns per row (None with ``image_column``): what an MLP's ``in_features``
+        needs, counted from the table instead of by hand."""
+        if self.image_column is not None:
+            return None
+        return len(self.features(self.table_and_splits()[0]))
 
     def required_columns(self) -> list[str]:
         extra = [self.image_column] if self.image_column else list(self.feature_columns or [])

@@ -90,12 +90,16 @@ class ImageCSVDataset(Dataset):
 
 
 class PredictImageDataset(ImageCSVDataset):
-    """(image, index) pairs: the index maps each prediction back to ``paths[index]``, whichever
-    rank or batch it was computed in."""
+    """Images only, so the default ``predict_step`` (``model(batch)``) works for any module whose
+    ``forward`` takes a batch of images. Lightning hands prediction writers each batch's dataset
+    indices, which map a prediction back to ``paths[index]`` whatever rank computed it."""
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
         image, _ = super().__getitem__(index)
-        return image, torch.tensor(index)
+        return image
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Tensor]:  # type: ignore[override]
+        return [self[index] for index in indices]
 
 
 class ImageCSVDataModule(ClassificationDataModule):
@@ -143,7 +147,8 @@ class ImageCSVDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["train_transforms", "eval_transforms",
-                                          "train_batch_transforms", "eval_batch_transforms"])
+                                          "train_batch_transforms", "eval_batch_transforms",
+                                          "class_names"])
         self.annotations = Path(annotations)
         self.image_root = Path(image_root) if image_root is not None else self.annotations.parent
         self.explicit_image_root = image_root is not None

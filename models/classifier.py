@@ -1,7 +1,8 @@
 """The default LightningModule: a classifier around any ``nn.Module`` backbone.
 
-The story of a run, top to bottom: the backbone is built once the number of classes is known
-(from the datamodule, so configs never repeat it), every stage runs the same ``_shared_step``
+The story of a run, top to bottom: the backbone is built in ``__init__`` for ``num_classes``
+(train.py links it from the datamodule, so configs never repeat it), every stage runs the same
+``_shared_step``
 (loss + torchmetrics), and ``configure_optimizers`` turns the optimizer and scheduler callables
 from the config into weight-decay parameter groups and a schedule sized from the trainer.
 """
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from callbacks.direct_logging import log_to_loggers
+from callbacks.direct_logging import log_to_loggers, logs_this_step
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
 
@@ -49,9 +50,13 @@ class ImageClassifier(LightningModule):
         l1_penalty: ``l1_penalty * sum(|w|)`` over the weights that get weight decay (never
             biases or norm parameters) is added to the training loss; ``train/loss`` stays the
             cross-entropy so runs with and without it compare.
-        num_classes: normally left out and taken from the datamodule; saved in the checkpoint so
+        num_classes: the width of the head. train.py links it from the datamodule
+            (``data.num_classes``), so a config never sets it; saved in the checkpoint so
             ``load_from_checkpoint`` rebuilds the same network.
-        class_names: likewise, so predictions can be reported with the original labels.
+        class_names: likewise linked from ``data.class_names``, so predictions can be reported
+            with the original labels.
+        in_features: the data's feature count (linked from ``data.num_features`` for tables),
+            passed on to a backbone that takes ``in_features`` and was not given one (``MLP``).
         channels_last: keep the backbone's weights and the input batches in NHWC memory
             layout. Off by default: it is meant for conv nets on GPUs with tensor cores under
             16-bit precision (cuDNN's fastest convolutions are NHWC); an MLP's 2-D inputs are
@@ -80,6 +85,7 @@ class ImageClassifier(LightningModule):
         l1_penalty: float = 0.0,
         num_classes: int | None = None,
         class_names: list[str] | None = None,
+        in_features: int | None = None,
         channels_last: bool = False,
         compile_backbone: bool | dict[str, Any] = False,
         per_class_accuracy_max_classes: int = 20,
@@ -89,44 +95,16 @@ class ImageClassifier(LightningModule):
         self.backbone_factory = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net: nn.Module | None = None
         self._l1_params: list[nn.Parameter] | None = None
-        if num_classes is not None:
-            self._build(num_classes)
-
-    # -- building ---------------------------------------------------------------------------
-    def configure_model(self) -> None:
-        """Build the backbone from the datamodule's classes (Lightning calls this after setup)."""
-        # _trainer, not trainer: load_from_checkpoint calls this hook with no trainer attached.
-        datamodule = getattr(self._trainer, "datamodule", None)
-        self.build_for(list(getattr(datamodule, "class_names", None) or []))
-
-    def build_for(self, names: list[str]) -> None:
-        """Build the backbone for these classes, or check a built one was trained on them.
-
-        train.py calls it as soon as the data is read, before the Trainer runs: a backbone that
-        cannot be built (a weights file that does not fit, an unknown torchvision name) then
-        fails before any run folder exists. Calling it again is a no-op.
-        """
-        if self.net is None:
-            if not names:
-                raise ValueError(
-                    "ImageClassifier: num_classes is unknown. Give model.init_args.num_classes "
-                    "or use a datamodule with a `class_names` attribute."
-                )
-            self.hparams["class_names"] = names
-            self._build(len(names))
-        elif names and self.hparams["class_names"] and names != self.hparams["class_names"]:
+        if num_classes is None:
             raise ValueError(
-                f"The checkpoint was trained on classes {self.hparams['class_names']} but the "
-                f"data has {names}; they must match in order."
-            )
-        elif names and not self.hparams["class_names"]:
-            self.hparams["class_names"] = names
+                "ImageClassifier: num_classes is unknown. Give model.init_args.num_classes or use "
+                "a datamodule with a `num_classes` attribute (train.py links it).")
+        self._build(num_classes)
 
     def _build(self, num_classes: int) -> None:
         self.hparams["num_classes"] = num_classes
-        self.net = self.backbone_factory(num_classes)
+        self.net = self.backbone_factory(num_classes, **self._backbone_size_kwargs())
         if self.hparams["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
         compile_options = self.hparams["compile_backbone"]
@@ -149,6 +127,21 @@ class ImageClassifier(LightningModule):
             setattr(self, f"{stage}_per_class_acc",
                     MulticlassAccuracy(num_classes, average=None) if per_class else None)
 
+    def _backbone_size_kwargs(self) -> dict[str, int]:
+        """``in_features`` for a backbone that takes it and was not given it in the config."""
+        in_features = self.hparams.get("in_features")
+        factory = self.backbone_factory
+        keywords = getattr(factory, "keywords", None)  # jsonargparse's partial: every init arg
+        if in_features is None:
+            return {}
+        if keywords is not None:
+            return {"in_features": in_features} if keywords.get("in_features", 0) is None else {}
+        try:
+            takes = "in_features" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            return {}
+        return {"in_features": in_features} if takes else {}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Save the backbone's ``weights_path`` as null: the trained weights are in the
         checkpoint, and ``load_from_checkpoint`` must not need the pretrained file they started
@@ -164,15 +157,13 @@ class ImageClassifier(LightningModule):
 
     # -- forward and the shared step ---------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        assert self.net is not None, "call configure_model() or pass num_classes first"
         if self.hparams["channels_last"] and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> Tensor:
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> tuple[Tensor, Tensor]:
         images, targets = batch
         logits = self(images)
-        self._last_logits = logits.detach()  # returned by validation_step for callbacks
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
         # Only kept here; the metrics see the whole epoch at once in _log_epoch_metrics. Updating
         # MetricCollection(acc, f1) + MeanMetric every step (input checks, small kernels) took
@@ -183,13 +174,9 @@ class ImageClassifier(LightningModule):
         # Per-step loss for the progress bar and the logger, only on the steps the logger
         # writes (as LearningRateMonitor does), sparing self.log's bookkeeping on the others.
         # Unsynced: a collective on every step costs ~30 % under DDP.
-        if stage == "train" and self._logs_this_step():
+        if stage == "train" and logs_this_step(self.trainer):
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        return loss
-
-    def _logs_this_step(self) -> bool:
-        trainer = self._trainer
-        return trainer is None or trainer._logger_connector.should_update_logs
+        return loss, logits
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
         """Compute a stage's epoch metrics from the kept outputs, log and reset them;
@@ -222,12 +209,14 @@ class ImageClassifier(LightningModule):
         metric.update(predictions, targets)
         per_class = metric.compute().tolist()  # synced across DDP ranks, on every rank
         metric.reset()
-        if self._trainer is None or self.trainer.sanity_checking:
+        if self.trainer.sanity_checking:
             return
         names = self.hparams["class_names"] or [str(i) for i in range(len(per_class))]
         values = {f"{stage}/acc_per_class/{name}": value
                   for name, value in zip(names, per_class, strict=True)}
-        log_to_loggers(self.trainer, values)
+        # Inside fit the epoch's optimizer steps are done: its metrics belong to the last one.
+        fitting = self.trainer.state.fn == "fit"
+        log_to_loggers(self.trainer, values, step=self.trainer.global_step - int(fitting))
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
@@ -239,7 +228,7 @@ class ImageClassifier(LightningModule):
         self._log_epoch_metrics("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
+        loss, _ = self._shared_step(batch, "train")
         if self.hparams["l1_penalty"]:
             if self._l1_params is None:
                 self._l1_params = self._decayed_weights()
@@ -248,11 +237,11 @@ class ImageClassifier(LightningModule):
             loss = loss + l1
         return loss
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        self._shared_step(batch, "val")
-        # Callbacks get this as `outputs` (callbacks.tensorboard_images draws the confusion
-        # matrix and the worst mistakes from it) without a second forward pass.
-        return {"logits": self._last_logits}
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        _, logits = self._shared_step(batch, "val")
+        # Callbacks get the (batch, classes) logits as `outputs` (TensorBoardImages draws the
+        # confusion matrix and the worst mistakes from them) without a second forward pass.
+        return logits.detach()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "test")
@@ -278,7 +267,6 @@ class ImageClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def _no_decay_names(self) -> list[str]:
-        assert self.net is not None
         skip = list(self.hparams["no_weight_decay"])
         if hasattr(self.net, "no_weight_decay"):
             skip += [f"net.{name}" for name in self.net.no_weight_decay()]

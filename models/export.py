@@ -1,19 +1,25 @@
-"""Export a checkpoint's backbone to ONNX or TorchScript, with its preprocessing beside it.
+"""Export a checkpoint's model to ONNX or TorchScript, with its preprocessing beside it.
 
     python -m models.export --ckpt_path logs/digits/version_0/checkpoints/last.ckpt --format onnx
     python -m models.export --ckpt_path ... --format torchscript --output model.pt
 
 Writes the model file and ``<model file>.json`` (class names, input shape, read mode,
 normalisation, the eval transforms, the parity measured), then loads the exported file back,
-runs it on random batches and compares its logits with the PyTorch model's: the export fails if
-they differ by more than ``--tolerance``. The exported model takes the normalised float batch
-(N, C, H, W) that the eval transforms produce and returns logits; softmax gives probabilities.
+runs it on random batches and compares its outputs with the PyTorch model's: the export fails
+if they differ by more than ``--tolerance``.
+
+Any LightningModule trained by train.py: the class and its arguments come from the checkpoint's
+hyperparameters (LightningCLI records the class path there when the module calls
+``self.save_hyperparameters()``). What is exported is the module's ``forward``, the same
+contract ``predict`` uses: the normalised float batch (N, C, H, W) or (N, features) the eval
+transforms produce in, one row of logits per input out; softmax gives probabilities.
 ONNX runs in onnxruntime (``pip install -e ".[export]"``), TorchScript in plain torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -26,9 +32,8 @@ from typing import Any, Literal
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-
-from models.classifier import ImageClassifier
 
 Format = Literal["onnx", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -40,14 +45,26 @@ class ExportError(RuntimeError):
     """The export cannot be made or does not match the PyTorch model."""
 
 
-def load_model(ckpt_path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """The LightningModule and its bare network, both in eval mode, and the checkpoint's
-    metadata for the JSON file."""
+def load_model(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The LightningModule in eval mode, built from the class the checkpoint records, and the
+    checkpoint's metadata for the JSON file."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    model = ImageClassifier.load_from_checkpoint(ckpt_path, map_location="cpu",
-                                                 weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        raise ExportError(f"{ckpt_path} does not record its model class: the module must call "
+                          "self.save_hyperparameters() in __init__ (and be trained by train.py)")
+    module_name, _, class_name = str(class_path).rpartition(".")
+    try:
+        # Imported here, by name: Lightning only builds classes that are already imported.
+        model_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ExportError(f"{ckpt_path}: cannot import the model class {class_path} ({error}); "
+                          "run the export where that class is importable") from error
+    if not (isinstance(model_class, type) and issubclass(model_class, LightningModule)):
+        raise ExportError(f"{ckpt_path}: {class_path} is not a LightningModule")
+    model = model_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     model.eval()
-    net = model.net if getattr(model, "net", None) is not None else model
     # Lightning saves the datamodule's state under the datamodule's class name; train.py's
     # PreprocessingMetadata callback adds "preprocessing".
     data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
@@ -57,31 +74,39 @@ def load_model(ckpt_path: Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
                      **(checkpoint.get("preprocessing") or {})}
     meta = {
         "checkpoint": str(ckpt_path),
-        "class_names": list(model.hparams.get("class_names")
+        "model_class": class_path,
+        "class_names": list(hparams.get("class_names")
                             or (data_state or {}).get("class_names") or []),
         **preprocessing,
     }
-    return model, net, meta
+    return model, meta
 
 
-def export_onnx(net: nn.Module, example: Tensor, path: Path, opset: int | None) -> None:
+def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int | None) -> None:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
             verbose=False,
         )
 
 
-def export_torchscript(net: nn.Module, example: Tensor, path: Path, meta: dict[str, Any]) -> None:
+def export_torchscript(model: LightningModule, example: Tensor, path: Path,
+                       meta: dict[str, Any]) -> None:
     with warnings.catch_warnings():
-        # TorchScript is deprecated upstream in favour of torch.export, but it is still what
-        # plain-torch and C++ (libtorch) deployments load; tracing works for any backbone
-        # without data-dependent control flow.
+        # TorchScript is deprecated upstream in favour of torch.export (Lightning 2.6.1
+        # deprecated to_torchscript, #21397), but it is still what plain-torch and C++
+        # (libtorch) deployments load. torch.jit.trace cannot take a LightningModule itself (it
+        # reads every property, and `trainer` raises when none is attached); to_torchscript
+        # traces it the way Lightning supports. Tracing works for any forward without
+        # data-dependent control flow.
         warnings.simplefilter("ignore", FutureWarning)
-        traced = torch.jit.trace(net, example)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # torch's trace check re-traces and compares graphs, which fails on modules rebuilt
+        # from lazy layers; the parity check below compares outputs instead.
+        traced = model.to_torchscript(method="trace", example_inputs=example, check_trace=False)
         # The metadata travels inside the file as well: torch.jit.load(..., _extra_files=...).
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
 
@@ -134,7 +159,7 @@ def export(
     ckpt_path = Path(ckpt_path)
     if not ckpt_path.is_file():
         raise ExportError(f"checkpoint not found: {ckpt_path}")
-    model, net, meta = load_model(ckpt_path)
+    model, meta = load_model(ckpt_path)
     shape = list(input_shape or meta.get("input_shape") or [])
     if not shape:
         raise ExportError(f"{ckpt_path} does not record the input shape (train.py runs on "
@@ -148,9 +173,9 @@ def export(
     # Batch 2, not 1: tracing and torch.export would otherwise fix a batch size of 1.
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
     if fmt == "onnx":
-        export_onnx(net, example, output, opset)
+        export_onnx(model, example, output, opset)
     elif fmt == "torchscript":
-        export_torchscript(net, example, output, meta)
+        export_torchscript(model, example, output, meta)
     else:
         raise ExportError(f"unknown format {fmt!r}; use onnx or torchscript")
     batch_sizes = [1, 4, 7]

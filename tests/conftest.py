@@ -83,6 +83,16 @@ def run_train_subprocess(
     )
 
 
+def run_module_subprocess(
+    module: str, args: list[str], cwd: Path, extra_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` (e.g. ``models.export``) as a user would run it, on the CPU."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pythonpath_with(REPO, *([extra_path] if extra_path else []))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
 # Runs in a fresh interpreter: imports train.py once, then forks one child per case, which runs
 # train.py as ``__main__`` (the heavy imports come from the parent's memory) and exits the way
 # ``python train.py`` would: uncaught exceptions and sys.exit are the interpreter's to handle.

@@ -158,11 +158,12 @@ def test_confusion_matrix_picture_has_a_cell_per_class_pair() -> None:
 
 # -- last.ckpt --------------------------------------------------------------------------------
 @pytest.mark.parametrize("improves", [True, False])
-def test_last_checkpoint_is_a_link_to_the_best_saved_at_the_same_step_and_loads_alone(
+def test_last_checkpoint_is_the_latest_epoch_whether_or_not_the_monitor_improved(
     run_dir: Path, digits_root: Path, improves: bool
 ) -> None:
     logs = run_dir / "logs"
-    # monitor=step: "max" improves at every epoch, "min" never after the first.
+    # monitor=step: "max" improves at every epoch, "min" never after the first (Lightning 2.6
+    # alone then leaves last.ckpt at the first epoch: tests/test_workarounds.py).
     train.main(["fit", *base_args(digits_root, logs), "--max_epochs=3",
                 "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=1",
                 "--checkpoint.monitor=step", f"--checkpoint.mode={'max' if improves else 'min'}",
@@ -170,8 +171,7 @@ def test_last_checkpoint_is_a_link_to_the_best_saved_at_the_same_step_and_loads_
     folder = only_run_dir(logs) / "checkpoints"
     (best,) = folder.glob("best-*.ckpt")
     last = folder / "last.ckpt"
-    assert best.name == ("best-9.ckpt" if improves else "best-3.ckpt")  # auto_insert off
-    assert last.samefile(best) == improves  # one write, not two, when it improved
+    assert best.name == ("best-step=9.ckpt" if improves else "best-step=3.ckpt")
     assert sorted(p.name for p in folder.iterdir()) == sorted([best.name, "last.ckpt"])
     best.unlink()  # e.g. the next improvement replaces it: last.ckpt is unaffected
     state = torch.load(last, weights_only=True)

@@ -16,6 +16,8 @@ import datamodules.image_csv as image_csv
 from datamodules.image_csv import ImageCSVDataModule
 from datamodules.validation import DataValidationError
 
+DIGITS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+
 
 def write_table(root: Path, rows: list[dict[str, object]], name: str = "labels.csv") -> Path:
     path = root / name
@@ -236,6 +238,7 @@ def test_string_labels_round_trip_through_a_checkpoint(run_dir: Path) -> None:
 
     table = make_images(run_dir, 24, ["dog", "cat", "bird"])
     train.main([
+        f"--config={DIGITS_CONFIG}",  # the digits run's model, on this table
         "--data=datamodules.image_csv.ImageCSVDataModule", f"--data.annotations={table}",
         "--data.read_mode=GRAY", "--data.num_workers=0", "--data.batch_size=8", "--max_epochs=1",
         "--trainer.logger.init_args.save_dir=logs", "--trainer.enable_progress_bar=false",
@@ -256,7 +259,7 @@ def test_bad_data_stops_train_py_before_training_with_no_run_folder(
 
     table = corrupt(run_dir)
     with pytest.raises(SystemExit) as exit_info:
-        train.main(["--data=datamodules.image_csv.ImageCSVDataModule",
+        train.main([f"--config={DIGITS_CONFIG}", "--data=datamodules.image_csv.ImageCSVDataModule",
                     f"--data.annotations={table}", "--trainer.logger.init_args.save_dir=logs"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err

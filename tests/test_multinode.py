@@ -1,6 +1,9 @@
-"""Multi-node DDP with torchrun: two "nodes" on one machine, each a separate torchrun launch
-(``--nnodes 2 --node_rank 0|1 --master_addr 127.0.0.1``) of the unchanged train.py, as on two
-hosts of a cluster sharing a file system. Lightning finds the ranks in torchrun's environment."""
+"""DDP under torchrun, from a fresh machine's state (no data written yet): one node with two
+processes (``--nproc_per_node 2``), and two "nodes" on one machine, each a separate torchrun
+launch (``--nnodes 2 --node_rank 0|1 --master_addr 127.0.0.1``) of the unchanged train.py, as on
+two hosts of a cluster sharing a file system. Lightning finds the ranks in torchrun's
+environment; its prepare_data (local rank 0 of each node) writes the digits before any rank
+reads them."""
 
 from __future__ import annotations
 
@@ -37,13 +40,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch_node(node_rank: int, port: int, args: list[str], cwd: Path,
-                extra_path: Path) -> subprocess.Popen[str]:
+def launch_node(node_rank: int, port: int, args: list[str], cwd: Path, extra_path: Path,
+                nnodes: int = 2, nproc_per_node: int = 1) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(REPO), str(extra_path),
                                            os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
-               "--nproc_per_node", "1", "--node_rank", str(node_rank),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes),
+               "--nproc_per_node", str(nproc_per_node), "--node_rank", str(node_rank),
                "--master_addr", "127.0.0.1", "--master_port", str(port),
                str(REPO / "train.py"), *args]
     # Its own process group, so a hung launch is killed with every worker it started.
@@ -64,26 +67,31 @@ def wait_all(launches: list[subprocess.Popen[str]], timeout: float) -> list[str]
     return outputs
 
 
-def test_two_torchrun_nodes_train_together_and_end_on_the_same_step(
-    tmp_path: Path, digits_root: Path
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one_node_two_processes", "two_nodes"])
+def test_torchrun_on_a_fresh_machine_trains_together_and_ends_on_the_same_step(
+    tmp_path: Path, nodes: int
 ) -> None:
     (tmp_path / "multinode_probe.py").write_text(PROBE)
-    logs = tmp_path / "logs"
-    args = [*base_args(digits_root, logs), "--num_nodes", "2", "--devices", "1",
+    logs, data = tmp_path / "logs", tmp_path / "data" / "digits"  # nothing written yet
+    args = [*base_args(data, logs), "--num_nodes", str(nodes), "--devices", str(2 // nodes),
             "--accelerator", "cpu", "--strategy", "ddp", "--max_epochs", "1",
             "--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2",
             "--trainer.limit_test_batches=2",
             "--trainer.callbacks+=multinode_probe.ReportStep"]
     port = free_port()
-    launches = [launch_node(rank, port, args, tmp_path, tmp_path) for rank in (0, 1)]
+    launches = [launch_node(rank, port, args, tmp_path, tmp_path, nnodes=nodes,
+                            nproc_per_node=2 // nodes) for rank in range(nodes)]
     outputs = wait_all(launches, timeout=240)
 
     for node_rank, (launch, output) in enumerate(zip(launches, outputs, strict=True)):
         assert launch.returncode == 0, f"node {node_rank}:\n{output[-4000:]}"
-    reports = [REPORT.findall(output) for output in outputs]
-    # One process per node, global ranks 0 and 1 of 2, and both stopped on the same step: each
-    # trained on its half of the 3 batches per rank.
-    assert reports == [[("0", "2", "0", "3")], [("1", "2", "1", "3")]], outputs
-    assert "Run summary" in outputs[0] and "Run summary" not in outputs[1]
+    output = "".join(outputs)
+    reports = sorted(REPORT.findall(output))
+    # Global ranks 0 and 1 of 2, on their nodes, both stopped on the same step: each trained on
+    # its half of the 3 batches per rank.
+    node_of = (lambda rank: rank) if nodes == 2 else (lambda rank: 0)
+    assert reports == [(str(r), "2", str(node_of(r)), "3") for r in (0, 1)], outputs
+    assert output.count("Run summary") == 1  # rank 0 only
     (run,) = (logs / "digits").glob("version_*")  # one run folder, written by global rank 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((data / "images").glob("*.png"))) == 1797

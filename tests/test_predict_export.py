@@ -20,7 +20,7 @@ import train
 from datamodules.validation import load_image
 from models import export
 from models.classifier import ImageClassifier
-from tests.conftest import REPO, base_args, run_train_subprocess
+from tests.conftest import REPO, run_train_subprocess
 
 # Word labels, so "labels are class names" cannot pass by printing indices.
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -42,7 +42,15 @@ class Trained:
         self.unreadable: list[Path] = []
 
     def args(self) -> list[str]:
-        return [*base_args(self.data, self.logs), "--trainer.enable_progress_bar=false"]
+        """The digits run's model and settings on the relabelled images, read as any CSV +
+        image folder."""
+        return ["--config", str(REPO / "configs" / "digits.yaml"),
+                "--data", "datamodules.image_csv.ImageCSVDataModule",
+                f"--data.init_args.annotations={self.data / 'labels.csv'}",
+                "--data.init_args.read_mode=GRAY",
+                f"--trainer.logger.init_args.save_dir={self.logs}",
+                f"--trainer.default_root_dir={self.logs}", "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false"]
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +130,7 @@ def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     with pytest.warns(UserWarning, match=r"skipping 2 of 23 image\(s\) that cannot be read") as w:
         train.main(["predict", *trained.args(), f"--ckpt_path={trained.ckpt}",
                     f"--data.init_args.predict_path={trained.predict_dir}",
-                    f"--predict_output={output}", "--data.init_args.batch_size=8",
+                    f"--predictions.output_path={output}", "--data.init_args.batch_size=8",
                     "--trainer.callbacks+=tests.test_predict_export.ModeProbe"])
 
     table = pd.read_csv(output)
@@ -197,8 +205,8 @@ def test_predict_on_two_processes_writes_each_input_once(trained: Trained, tmp_p
     output = tmp_path / "ddp.csv"
     result = run_train_subprocess(
         ["predict", *trained.args(), "--devices=2", f"--ckpt_path={trained.ckpt}",
-         f"--data.init_args.predict_path={trained.predict_dir}", f"--predict_output={output}",
-         "--data.init_args.batch_size=4"],
+         f"--data.init_args.predict_path={trained.predict_dir}",
+         f"--predictions.output_path={output}", "--data.init_args.batch_size=4"],
         cwd=tmp_path,
     )
     log = result.stdout + result.stderr

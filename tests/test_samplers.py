@@ -23,7 +23,7 @@ from datamodules.samplers import (
     WeightedShardSampler,
     class_balanced_weights,
 )
-from tests.conftest import run_train_subprocess
+from tests.conftest import REPO, run_train_subprocess
 
 SAMPLERS = ("sequential", "random", "weighted", "subset_random")
 # 70 / 20 / 10 % class imbalance in the training split.
@@ -154,7 +154,8 @@ def test_samplers_in_a_real_two_process_run_shard_one_draw_and_weighted_balances
     table = imbalanced_images(tmp_path)
     epochs = 3
     result = run_train_subprocess([
-        "fit", "--devices=2", f"--max_epochs={epochs}", "--seed=11",
+        "fit", f"--config={REPO / 'configs' / 'digits.yaml'}",  # the digits run's model
+        "--devices=2", f"--max_epochs={epochs}", "--seed=11",
         "--data=datamodules.image_csv.ImageCSVDataModule", f"--data.annotations={table}",
         "--data.read_mode=GRAY", "--data.split_column=split", "--data.sampler=weighted",
         "--data.batch_size=4", "--data.num_workers=0",

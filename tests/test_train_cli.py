@@ -77,7 +77,6 @@ def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) 
     from lightning.pytorch.profilers import SimpleProfiler
 
     args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
-    assert isinstance(train.main(args).trainer.profiler, train.NoProfiler)  # the fast default
     cli = train.main([*args, "--trainer.profiler=simple"])
     assert isinstance(cli.trainer.profiler, SimpleProfiler)
     recorded = cli.trainer.profiler.recorded_durations
@@ -247,32 +246,49 @@ def test_print_config_shows_the_resolved_default(capsys: pytest.CaptureFixture[s
     assert config["data"]["class_path"] == "datamodules.digits.DigitsDataModule"
 
 
-def test_a_config_naming_its_own_data_class_is_warned_of_the_digits_settings_it_kept(
-    tmp_path: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("how", ["config_file", "command_line"])
+def test_choosing_your_own_data_inherits_none_of_the_digits_settings(
+    how: str, tmp_path: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """jsonargparse keeps the init_args a new data class shares with the default's: without a
-    word, a user's images would be padded, normalised with digits statistics and batched by 16."""
-    own_class = {"class_path": "datamodules.image_csv.ImageCSVDataModule",
-                 "init_args": {"annotations": str(digits_root / "labels.csv")}}
-    explicit = {**own_class["init_args"], "batch_size": 64, "cache_images": False,
-                "num_workers": None, "read_mode": "RGB", "train_batch_transforms": None,
-                "eval_batch_transforms": None}
-    # batch_size 16 given on the command line is the user's choice: not reported.
-    configs = {"kept": ({"data": own_class}, ["--data.init_args.batch_size=16"]),
-               "set": ({"data": {**own_class, "init_args": explicit}}, [])}
-    warnings_by_config = {}
-    for name, (config, options) in configs.items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        cli = train.TemplateCLI(
-            args=["--config", str(path), f"--trainer.logger.init_args.save_dir={tmp_path}",
-                  *options],
-            run=False, parser_kwargs={"default_config_files": [str(train.DEFAULT_CONFIG)]},
-            save_config_callback=None, auto_configure_optimizers=False)
-        assert type(cli.datamodule).__name__ == "ImageCSVDataModule"
-        warnings_by_config[name] = [line for line in capsys.readouterr().err.splitlines()
-                                    if line.startswith("train.py: warning:")]
-    (kept,) = warnings_by_config["kept"]
-    assert ("data.init_args cache_images, eval_batch_transforms, num_workers, read_mode, "
-            "train_batch_transforms:") in kept
-    assert warnings_by_config["set"] == []
+    """jsonargparse keeps the init_args a new data class shares with the old one: had the digits
+    been loaded, a user's images would be padded, normalised with digits statistics, cached,
+    batched by 16 and logged under logs/digits."""
+    labels = str(digits_root / "labels.csv")
+    own = {"data": {"class_path": "datamodules.image_csv.ImageCSVDataModule",
+                    "init_args": {"annotations": labels}},
+           "model": {"class_path": "models.classifier.ImageClassifier"}}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(own))
+    args = (["--config", str(tmp_path / "mine.yaml")] if how == "config_file" else
+            ["--data", "datamodules.image_csv.ImageCSVDataModule",
+             f"--data.init_args.annotations={labels}", "--model",
+             "models.classifier.ImageClassifier"])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    data = config["data"]["init_args"]
+    assert (data["batch_size"], data["cache_images"], data["read_mode"]) == (64, False, "RGB")
+    assert data["train_batch_transforms"] is None and data["eval_batch_transforms"] is None
+    assert config["trainer"]["logger"]["init_args"]["name"] != "digits"
+
+
+def test_what_every_run_does_is_in_the_printed_config_and_can_be_removed(
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    listed = {entry["class_path"].rpartition(".")[2] for entry in config["run_callbacks"]}
+    assert {"RunSummary", "RNGState", "StopOnNonFiniteLoss", "ReportRankFailure",
+            "CheckModelTakesData", "PreprocessingMetadata", "default_progress_bar"} <= listed
+    assert [p["class_path"] for p in config["trainer"]["plugins"]] == [
+        "callbacks.atomic_checkpoint_io.AtomicCheckpointIO"]
+
+    # Replacing trainer.callbacks keeps them; run_callbacks: [] and plugins: [] remove them.
+    args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
+    kept = train.main([*args, "--trainer.callbacks=[]"]).trainer
+    assert any(type(c).__name__ == "RunSummary" for c in kept.callbacks)
+    removed = train.main([*args, "--run_callbacks=[]", "--trainer.plugins=[]"]).trainer
+    names = {type(c).__name__ for c in removed.callbacks}
+    assert not names & {"RunSummary", "RNGState", "StopOnNonFiniteLoss", "ReportRankFailure"}
+    assert type(removed.strategy.checkpoint_io).__name__ != "AtomicCheckpointIO"

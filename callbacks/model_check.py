@@ -1,0 +1,60 @@
+"""One sample through the model before the first training step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch.utils.data import default_collate
+
+from datamodules.validation import DataError
+
+
+class CheckModelTakesData(Callback):
+    """Runs one validation (else training) sample through ``pl_module(inputs)``, in eval mode
+    and without gradients, when fit sets up, for datamodules that expose their ``datasets``
+    (this template's do). Two things follow, for any module whose ``forward`` takes the batch's
+    inputs:
+
+    * a model that does not fit the data (``in_features`` or ``in_channels`` unlike the data's)
+      fails in one line naming the sample's shape, before the first training step, instead of a
+      traceback from inside the sanity check;
+    * lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``) get their shapes before the optimizer
+      and DDP see the parameters (DDP refuses uninitialised ones).
+
+    A module without ``forward``, or whose ``forward`` does not take the inputs alone, is left
+    to Lightning.
+    Skipped for compiled backbones (``compile_backbone``): compiling twice costs more than it
+    saves.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        datasets = getattr(datamodule, "datasets", None)
+        if stage != "fit" or not isinstance(datasets, dict):
+            return
+        if getattr(pl_module, "hparams", {}).get("compile_backbone"):
+            return
+        dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())), None)
+        if dataset is None:
+            return
+        batch: Any = default_collate([dataset[0]])
+        batch = datamodule.on_after_batch_transfer(batch, 0)  # the eval batch transforms
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                pl_module(inputs)
+        except (TypeError, NotImplementedError):
+            return  # no forward, or one that takes more than the inputs: left to Lightning
+        except RuntimeError as error:
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
+            first_line = str(error).strip().splitlines()[0]
+            raise DataError(
+                f"{type(pl_module).__name__} does not take the data's samples (one sample of "
+                f"shape {shape}): {first_line}. Check the model's input size (in_features / "
+                "in_channels) against the data.") from error
+        finally:
+            pl_module.train(was_training)

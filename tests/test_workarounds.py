@@ -1,0 +1,92 @@
+"""Each workaround's upstream behaviour, checked as it is today: when one of these tests fails,
+upstream has changed and the workaround (``workarounds.py``, or the ``last.ckpt`` writing in
+``callbacks/checkpoint.py``) can be deleted with its test."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import typing
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.loggers import TensorBoardLogger
+
+import workarounds
+
+
+def test_jsonargparse_reads_1_as_a_fraction_for_a_float_first_union() -> None:
+    """read_whole_numbers_as_batch_counts: needed while a float-first union parses 1 as 1.0."""
+    float_first = typing._UnionGenericAlias(  # type: ignore[attr-defined]
+        typing.Union, (float, int, type(None)))
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--limit", type=float_first)
+    assert type(parser.parse_args(["--limit=1"]).limit) is float
+
+
+def test_lightning_leaves_last_ckpt_at_an_older_epoch_when_the_monitor_does_not_improve(
+    tmp_path: Path,
+) -> None:
+    """callbacks.checkpoint.Checkpoint writes last.ckpt itself while this holds."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="step", mode="min", save_last=True)
+    trainer = Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[checkpoint])
+    trainer.fit(BoringModel())
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2  # not 6
+
+
+class DataWithClasses(LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.class_names = ["a", "b"]
+
+
+class ModelWithoutClassNames(LightningModule):
+    def __init__(self, hidden: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+
+class LinkingCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.link_arguments("data.class_names", "model.init_args.class_names",
+                              apply_on="instantiate")
+
+
+def test_lightning_cli_records_a_link_the_model_does_not_take(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """drop_link_values_the_model_does_not_take: needed while the hyperparameters LightningCLI
+    records name a linked argument the class does not take."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    cli = LinkingCLI(None, DataWithClasses, run=False, trainer_defaults={"logger": False},
+                     args=["--model", "tests.test_workarounds.ModelWithoutClassNames"])
+    assert type(cli.model) is ModelWithoutClassNames
+    assert cli.model.hparams.get("class_names") == ["a", "b"]
+    workarounds.drop_link_values_the_model_does_not_take(cli.model, ("class_names",))
+    assert "class_names" not in cli.model.hparams
+
+
+def test_lightning_still_says_what_the_user_cannot_act_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """quiet_messages_users_cannot_act_on: needed while Lightning advertises litlogger and
+    its pytree helper uses the deprecated LeafSpec check."""
+    from lightning.pytorch.utilities._pytree import _tree_flatten
+
+    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    monkeypatch.setattr(rank_zero_log, "filters", [])  # train.main may have quieted it here
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Trainer(logger=TensorBoardLogger(tmp_path), enable_progress_bar=False)
+        _tree_flatten({"loss": torch.tensor(1.0)})
+    assert any("litlogger" in record.getMessage() for record in caplog.records)
+    assert any("LeafSpec" in str(w.message) for w in caught)
