@@ -4,21 +4,24 @@
     python train.py --devices 2              # the same as real 2-process DDP
     python train.py --config configs/x.yaml  # compose configs (later files win)
     python train.py fit|validate|test|predict ...   # one stage, LightningCLI style
-    python train.py --ckpt_path last         # resume the newest run of this config
+    python train.py --ckpt_path last         # resume the newest run of this logger name
     python train.py predict --ckpt_path C --data.init_args.predict_path DIR   # -> predictions.csv
 
 Configuration is LightningCLI (jsonargparse): every ``__init__`` argument of the model, the
 datamodule, the Trainer and the callbacks is an option; ``--print_config`` shows what a run
 does. ``configs/default.yaml`` is loaded first, then ``configs/digits.yaml`` unless the command
-chooses its own data (``--data CLASS`` or a ``--config`` with a ``data:`` section).
+chooses its own data (``--data CLASS``, or a ``--config`` whose ``data:`` names a class).
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch
+from jsonargparse import ActionConfigFile
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -26,13 +29,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+import configs
 import workarounds
 from callbacks.checkpoint import Checkpoint, resolve_last_checkpoint
 from callbacks.finite_loss import NonFiniteLossError
 from callbacks.prediction_writer import PredictionCSVWriter, class_names_in
 from callbacks.run_summary import RunSummary
-from configs import ALIAS_HELP, OneLineErrorParser, default_config_files, expand_aliases
-from datamodules.validation import DataError
+from datamodules.validation import DataError, data_error_in
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
@@ -44,6 +47,14 @@ LINKS = (("num_classes", "num_classes"), ("class_names", "class_names"),
 class TemplateCLI(LightningCLI):
     """LightningCLI plus: the checkpoint, prediction and run callbacks as config sections, the
     data's class count and feature count handed to the model, and ``--ckpt_path last``."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # LightningCLI's own, with errors in one line (its parser_class argument: Lightning 2.6+).
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
+        parser = configs.OneLineErrorParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile,
+                            help="Path to a configuration file in json or yaml format.")
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
@@ -61,10 +72,11 @@ class TemplateCLI(LightningCLI):
         # LightningCLI's own version warns when it gets both an argv list and sys.argv, which
         # main() always gives it (it inserts the subcommand).
         self.config = parser.parse_args(args)
-        resolve_last_checkpoint(self.config[self.config.subcommand])
+        subcommand = self.config.get("subcommand")
+        resolve_last_checkpoint(self.config[subcommand] if subcommand else self.config)
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_file():
             raise DataError(f"checkpoint not found: {ckpt_path}")
@@ -77,11 +89,18 @@ class TemplateCLI(LightningCLI):
                 config.data.init_args.class_names = names
 
     def after_instantiate_classes(self) -> None:
+        required = inspect.signature(type(self.model).__init__).parameters
+        for source, target in LINKS:  # a link the data cannot serve leaves the argument None
+            if (target in required and required[target].default is inspect.Parameter.empty
+                    and getattr(self.datamodule, source, None) is None):
+                raise DataError(f"{type(self.model).__name__} needs {target}, which the data "
+                                f"({type(self.datamodule).__name__}) does not give: add a "
+                                f"`{source}` attribute or property to it")
         workarounds.drop_link_values_the_model_does_not_take(
             self.model, tuple(target for _, target in LINKS))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self.config_init[self.subcommand]
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         listed = config["trainer"].get("callbacks") or []
         listed = [listed] if isinstance(listed, Callback) else list(listed)
         callbacks = [*listed, *(config.get("run_callbacks") or [])]
@@ -98,13 +117,14 @@ def main(args: list[str] | None = None) -> TemplateCLI:
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS
     if fit_then_test:
         argv.insert(0, "fit")
-    stage, argv = argv[0], expand_aliases(argv)
-    defaults = {"default_config_files": default_config_files(argv), "epilog": ALIAS_HELP}
+    stage, argv = argv[0], configs.expand_aliases(argv)
+    defaults = {"default_config_files": configs.default_config_files(argv),
+                "epilog": configs.ALIAS_HELP}
     try:
         cli = TemplateCLI(
-            args=argv, parser_class=OneLineErrorParser,
+            args=argv,
             parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
-            # Predict writes no logs. validate/test on a run's checkpoint log into that run's
+            # Predict saves no config. validate/test on a run's checkpoint log into that run's
             # folder: their config goes to <stage>_config.yaml, the fit's config.yaml stays.
             save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"
                                 if stage == "fit" else f"{stage}_config.yaml"},
@@ -120,12 +140,11 @@ def main(args: list[str] | None = None) -> TemplateCLI:
                 rank_zero_info(f"Testing skipped: {type(model).__name__} has no test_step.")
     except (DataError, ValueError) as error:
         # Bad data or options, found before the first training step: the message names the
-        # file, row or option; a traceback through Lightning would only hide it. jsonargparse
-        # wraps an error raised while building the model or data in a ValueError of its own.
+        # file, row or option; a traceback through Lightning would only hide it.
         cause = data_error_in(error)
-        if cause is None:
+        if cause is None and "Problem with given class_path" not in str(error):
             raise
-        sys.stderr.write(f"train.py: error: {cause}\n")
+        sys.stderr.write(f"train.py: error: {cause or configs.condense_error(str(error))}\n")
         sys.exit(2)
     except NonFiniteLossError as error:
         # The weights never saw the bad step and no checkpoint was written for it.
@@ -140,16 +159,9 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         # Predict has no metrics, and its summary.json would replace the training run's.
         if isinstance(callback, RunSummary) and stage != "predict":
             callback.report(trainer)
-        if isinstance(callback, PredictionCSVWriter) and callback.report:
-            print(callback.report)  # after the progress bar, only on rank 0 (which wrote it)
+        if isinstance(callback, PredictionCSVWriter) and callback.written:
+            print(callback.written)  # after the progress bar, only on rank 0 (which wrote it)
     return cli
-
-
-def data_error_in(error: BaseException | None) -> DataError | None:
-    """The DataError that ``error`` is, or was raised while handling."""
-    while error is not None and not isinstance(error, DataError):
-        error = error.__cause__ or error.__context__
-    return error
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ This plugin writes the temporary file beside the target (same folder, so same fi
 flushes it to disk and renames it over the target with ``os.replace``, which is atomic on
 POSIX and Windows. A killed process leaves the previous checkpoint intact and at most one
 hidden ``.<name>.partial`` file, which the next save of that name overwrites. Remote paths
-(``s3://`` ...) keep Lightning's behaviour. ``train.py`` installs it unless the config gives
-its own ``CheckpointIO`` plugin.
+(``s3://`` ...) keep Lightning's behaviour. ``configs/default.yaml`` lists it in
+``trainer.plugins``.
 """
 
 from __future__ import annotations
@@ -54,26 +54,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
         sync_folder(target.parent)
         return None
-
-
-def link_atomically(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> bool:
-    """Make ``target`` a second name (hard link) of the complete file ``source``, replacing any
-    old ``target`` atomically; False where that is not possible (remote paths, filesystems
-    without hard links). Safe only because every save here writes a new file and renames it:
-    nothing is ever rewritten in place, so the two names cannot diverge."""
-    if "://" in str(target) or "://" in str(source):
-        return False
-    target = Path(target)
-    temporary = partial_path(target)
-    try:
-        temporary.unlink(missing_ok=True)
-        os.link(source, temporary)
-        os.replace(temporary, target)
-    except OSError:
-        temporary.unlink(missing_ok=True)
-        return False
-    sync_folder(target.parent)
-    return True
 
 
 def sync_folder(folder: Path) -> None:

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.finite_loss import NonFiniteLossError, all_finite
 
@@ -23,11 +24,12 @@ class Checkpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` (the best ``save_top_k`` files by ``monitor``/``mode``)
     plus a ``last.ckpt`` this class writes itself.
 
-    * **A monitor the module does not log.** At the first validation (the sanity check counts;
-      the end of the first training epoch if there is no validation) a ``monitor`` missing
-      from the logged metrics is reported in one line and best-by-metric saving is turned off:
-      the run goes on and keeps ``last.ckpt`` only. Lightning would raise after the first
-      epoch, losing its training time. Likewise a metric in ``filename`` that the module does
+    * **A monitor the module does not log.** At the first validation of fit (the end of the
+      first training epoch if there is no validation) a ``monitor`` missing from the logged
+      metrics is reported in one line and best-by-metric saving is turned off: the run goes on
+      and keeps ``last.ckpt`` only. Lightning would raise there, losing the epoch's training
+      time and the run. (Not at the sanity check: a monitor may be a training metric, which
+      the sanity check cannot have logged.) Likewise a metric in ``filename`` that the module does
       not log (it would be formatted as 0): the name falls back to ``epoch<N>-step<M>``.
     * **File names follow the monitor.** ``filename`` left out gives
       ``epoch03-loss0.1234.ckpt`` for ``monitor: val/loss``, ``epoch03-val_acc0.9800.ckpt``
@@ -49,7 +51,8 @@ class Checkpoint(ModelCheckpoint):
     Args:
         monitor / mode / save_top_k / every_n_epochs / dirpath / ...: as ``ModelCheckpoint``.
         filename: as ``ModelCheckpoint``; None names files after the epoch and the monitor.
-        save_last: write ``last.ckpt`` (see above).
+        save_last: write ``last.ckpt`` (see above). Lightning's own ``save_last`` logic is
+            off (the attribute ``save_last`` reads False); ``write_last`` holds this setting.
         save_on_exception: write ``last.ckpt`` when fit stops early (see above).
     """
 
@@ -105,12 +108,16 @@ class Checkpoint(ModelCheckpoint):
             self.filename = None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._checked and trainer.state.fn == TrainerFn.FITTING:
+        # Not in the sanity check: a monitor may be a training metric, logged from step 1.
+        if (not self._checked and trainer.state.fn == TrainerFn.FITTING
+                and not trainer.sanity_checking):
             self.check_logged_metrics(trainer)
         super().on_validation_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._checked and not sum(trainer.num_val_batches or [0]):
+        validates = trainer.limit_val_batches != 0 and is_overridden("validation_step",
+                                                                      pl_module)
+        if not self._checked and not validates:
             self.check_logged_metrics(trainer)  # no validation: the monitor is a train metric
         super().on_train_epoch_end(trainer, pl_module)
         # Epoch-end validation ran before this hook, so its top-k save is already done.

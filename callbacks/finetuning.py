@@ -37,12 +37,12 @@ class FreezeBackbone(BaseFinetuning):
       either skip the new groups (LambdaLR-style ``base_lrs`` lists) or fail on them
       (OneCycleLR reads ``max_lr`` from every group).
 
-    The model is built (``configure_model``, which Lightning requires to be idempotent) when
-    the callback freezes it, before ``configure_optimizers``, so frozen parameters never enter
-    the optimizer. ``train_bn`` keeps BatchNorm layers trainable (parameters and running
-    statistics) while the rest is frozen, as Lightning's default does: they adapt to the new
-    data at little cost. ``train_bn: false`` freezes them too. After the unfreeze everything
-    trains, BatchNorm included.
+    The model is frozen before ``configure_optimizers`` (a module that builds its layers in
+    ``configure_model``, which Lightning requires to be idempotent, is built first), so frozen
+    parameters never enter the optimizer. ``train_bn`` keeps BatchNorm layers trainable
+    (parameters and running statistics) while the rest is frozen, as Lightning's default does:
+    they adapt to the new data at little cost. ``train_bn: false`` freezes them too. After the
+    unfreeze everything trains, BatchNorm included.
     """
 
     def __init__(
@@ -79,7 +79,7 @@ class FreezeBackbone(BaseFinetuning):
     # -- BaseFinetuning hooks ------------------------------------------------------------------
     def freeze_before_training(self, pl_module: LightningModule) -> None:
         if callable(getattr(pl_module, "configure_model", None)):
-            pl_module.configure_model()  # ImageClassifier builds its network here
+            pl_module.configure_model()  # a module that builds its layers there
         self.freeze(self.backbone_modules(pl_module), train_bn=self.train_bn)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

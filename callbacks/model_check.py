@@ -23,8 +23,10 @@ class CheckModelTakesData(Callback):
     * lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``) get their shapes before the optimizer
       and DDP see the parameters (DDP refuses uninitialised ones).
 
-    A module without ``forward``, or whose ``forward`` does not take the inputs alone, is left
-    to Lightning.
+    A module without ``forward``, whose ``forward`` does not take the inputs alone, or that
+    builds its layers in its own ``setup``/``configure_model`` (after this), is left to
+    Lightning. Datamodules other than this template's are skipped: lazy layers then need
+    Lightning's own handling (a dry run in the module's ``setup``).
     Skipped for compiled backbones (``compile_backbone``): compiling twice costs more than it
     saves.
     """
@@ -47,8 +49,10 @@ class CheckModelTakesData(Callback):
         try:
             with torch.no_grad():
                 pl_module(inputs)
-        except (TypeError, NotImplementedError):
-            return  # no forward, or one that takes more than the inputs: left to Lightning
+        except (TypeError, NotImplementedError, AttributeError):
+            # No forward, one that takes more than the inputs, or layers built later (in the
+            # module's setup or configure_model): left to Lightning.
+            return
         except RuntimeError as error:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
             first_line = str(error).strip().splitlines()[0]

@@ -49,7 +49,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         self.target = self.output_path  # where this predict run writes
         self._indices: list[Tensor] = []
         self._probs: list[Tensor] = []
-        self.report = ""  # what was written where, for the caller to print once the run ends
+        self.written = ""  # what was written where, for the caller to print once the run ends
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._indices, self._probs = [], []
@@ -114,7 +114,7 @@ class PredictionCSVWriter(BasePredictionWriter):
             _write_atomically(pd.DataFrame([(str(p), why) for p, why in skipped],
                                            columns=["path", "reason"]), skipped_path)
             message += f"; {len(skipped)} unreadable input(s) listed in {skipped_path}"
-        self.report = message
+        self.written = message
 
 
 def as_probabilities(rows: Tensor) -> Tensor:

@@ -28,18 +28,19 @@ def default_config_files(argv: list[str]) -> list[str]:
 
 
 def chooses_data(argv: list[str]) -> bool:
-    """True for ``--data CLASS`` / ``--data=CLASS`` or a ``--config`` file whose ``data`` names a
-    class (``--data.init_args.x``, or a ``data:`` with only ``init_args``, changes the data
-    already chosen)."""
+    """True for ``--data CLASS`` (``--data=CLASS``, ``--data.class_path CLASS``) or a
+    ``--config`` file whose ``data`` names a class or is null (``--data.init_args.x``, or a
+    ``data:`` with only ``init_args``, changes the data already chosen)."""
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
         following = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        if name == "--data":
+        if name in ("--data", "--data.class_path"):
             return True
         if name in ("--config", "-c"):
             try:
-                data = (yaml.safe_load(Path(following).read_text()) or {}).get("data")
-                if isinstance(data, str) or (isinstance(data, dict) and "class_path" in data):
+                config = yaml.safe_load(Path(following).read_text()) or {}
+                data = config.get("data", {})
+                if data is None or isinstance(data, str) or "class_path" in data:
                     return True
             except (OSError, yaml.YAMLError, TypeError, AttributeError):
                 continue  # the parser reports a missing or broken file itself

@@ -213,15 +213,16 @@ class ClassificationDataModule(LightningDataModule):
         raise NotImplementedError
 
     def build_predict_dataset(self) -> Dataset:
-        """The inputs to predict: items are ``(input, index)`` so a prediction can be mapped
-        back to its source whatever rank or order it was computed in."""
+        """The inputs to predict, items being the inputs alone (Lightning's default
+        ``predict_step`` calls ``forward`` on the batch); prediction writers get each batch's
+        dataset indices from Lightning, whatever rank or order it was computed in."""
         raise DataError(f"{type(self).__name__} has no predict data")
 
     # -- the shared story ---------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
-            # Prediction needs neither the training table nor its splits: the class names come
-            # from the checkpoint (load_state_dict), not from the data.
+            # Prediction needs neither the training table nor its splits: train.py passes the
+            # checkpoint's class names as class_names.
             if "predict" not in self.datasets:
                 self.datasets["predict"] = self.build_predict_dataset()
             return

@@ -197,6 +197,19 @@ class DataFrameDataModule(ClassificationDataModule):
                                    transform)
         return InMemoryImageDataset(cells, targets, self.read_mode, transform)
 
+    def preprocessing(self) -> dict[str, Any] | None:
+        """What a model exported without this code needs to know about its input: the feature
+        columns in order and their standardisation (saved in checkpoints by
+        :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`). None for images
+        and before the table is read."""
+        if self.image_column is not None or self._table is None:
+            return None
+        columns = self.features(self._table)
+        return {"input_shape": [len(columns)], "input_dtype": "float32",
+                "feature_columns": columns,
+                "mean": self.mean.tolist() if self.mean is not None else None,
+                "std": self.std.tolist() if self.std is not None else None}
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.mean is not None and self.std is not None:

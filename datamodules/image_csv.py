@@ -312,7 +312,8 @@ class ImageCSVDataModule(ClassificationDataModule):
         if dataset is None:
             return None
         try:
-            batch = dataset[0][0].unsqueeze(0)
+            item = dataset[0]  # (image, target), or the image alone for predict
+            batch = (item[0] if isinstance(item, tuple) else item).unsqueeze(0)
             if self.eval_batch_transforms is not None:
                 batch = self.eval_batch_transforms(batch)
         except (RuntimeError, OSError) as error:

@@ -44,6 +44,14 @@ class DataError(ValueError):
     traceback: the message names the file, row or option to fix."""
 
 
+def data_error_in(error: BaseException | None) -> DataError | None:
+    """The DataError that ``error`` is, or was raised while handling (jsonargparse wraps an
+    error raised while building the data or the model in a ValueError of its own)."""
+    while error is not None and not isinstance(error, DataError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 class DataValidationError(DataError):
     """Invalid rows: one error listing the first problems with their rows, and the count; a
     single problem is one line."""

@@ -92,6 +92,9 @@ class ImageClassifier(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # The values received, whatever the recorded config says: before Lightning 2.6,
+        # LightningCLI recorded linked arguments as they were in the config (unset).
+        self.hparams.update(class_names=class_names, in_features=in_features)
         self.backbone_factory = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

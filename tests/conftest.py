@@ -22,6 +22,14 @@ os.environ.setdefault("TESTS_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
+def lightning_older_than(version: str) -> bool:
+    """For the tests of behaviour a Lightning release added or changed."""
+    from lightning.pytorch import __version__
+    from packaging.version import Version
+
+    return Version(__version__) < Version(version)
+
+
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default data set written once per test session (PNG files + labels.csv)."""

@@ -87,8 +87,8 @@ def test_torchrun_on_a_fresh_machine_trains_together_and_ends_on_the_same_step(
         assert launch.returncode == 0, f"node {node_rank}:\n{output[-4000:]}"
     output = "".join(outputs)
     reports = sorted(REPORT.findall(output))
-    # Global ranks 0 and 1 of 2, on their nodes, both stopped on the same step: each trained on
-    # its half of the 3 batches per rank.
+    # Global ranks 0 and 1 of 2, on their nodes, both stopped on the same step: 3 batches each,
+    # from their own halves of the data.
     node_of = (lambda rank: rank) if nodes == 2 else (lambda rank: 0)
     assert reports == [(str(r), "2", str(node_of(r)), "3") for r in (0, 1)], outputs
     assert output.count("Run summary") == 1  # rank 0 only

@@ -14,8 +14,6 @@ import torch
 
 from tests.conftest import REPO, run_module_subprocess, run_train_subprocess
 
-pytestmark = pytest.mark.slow
-
 MY_MODULE = '''
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 
 class MyModule(LightningModule):
-    def __init__(self, num_classes: int, hidden: int = 64, lr: float = 3e-3):
+    def __init__(self, num_classes: int, hidden: int = 32, lr: float = 3e-3):
         super().__init__()
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(),
@@ -82,6 +80,7 @@ def train(project: Path, *args: str) -> tuple[int, str]:
     return result.returncode, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_monitor_the_module_does_not_log_costs_no_training_and_no_test_step_is_skipped(
     user_project: Path,
 ) -> None:
@@ -97,11 +96,22 @@ def test_a_monitor_the_module_does_not_log_costs_no_training_and_no_test_step_is
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
     assert json.loads((run / "summary.json").read_text())["global_step"] == 20
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert state["state_dict"]["net.1.weight"].shape == (64, 64)  # the lazy layer, sized
+    assert state["state_dict"]["net.1.weight"].shape == (32, 64)  # the lazy layer, 8x8 inputs
     assert state["hyper_parameters"]["num_classes"] == 10  # from the data, not a config
     assert "class_names" not in state["hyper_parameters"]  # MyModule does not take them
 
 
+@pytest.mark.slow
+def test_a_training_metric_can_be_the_monitor(user_project: Path) -> None:
+    code, output = train(user_project, "--checkpoint.monitor=train_loss", "--checkpoint.mode=min")
+    assert code == 0, output[-4000:]
+    assert "is not logged by" not in output
+    (run,) = (user_project / "logs").glob("*/version_*")
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert len(names) == 2 and names[0].startswith("epoch") and "train_loss" in names[0]
+
+
+@pytest.mark.slow
 def test_the_modules_own_metric_names_the_best_checkpoint_which_predicts_and_exports(
     user_project: Path, digits_root: Path
 ) -> None:
@@ -115,14 +125,16 @@ def test_the_modules_own_metric_names_the_best_checkpoint_which_predicts_and_exp
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
         [best.name, "last.ckpt"])
 
-    # predict: the class comes from the checkpoint, forward's logits become probabilities.
+    # predict, on a machine without the training table: the classes come from the checkpoint,
+    # forward's logits become probabilities.
     images = user_project / "to_predict"
     images.mkdir()
     for png in sorted((digits_root / "images").glob("*.png"))[:7]:
         (images / png.name).write_bytes(png.read_bytes())
     result = run_train_subprocess(
         ["predict", "--config", "my_data.yaml", "--model", "my_pkg.MyModule",
-         f"--ckpt_path={best}", f"--data.init_args.predict_path={images}"],
+         f"--ckpt_path={best}", f"--data.init_args.predict_path={images}",
+         "--data.init_args.annotations=/not/on/this/machine/labels.csv"],
         cwd=user_project, extra_path=user_project)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     table = pd.read_csv(run / "predictions.csv")
@@ -148,6 +160,7 @@ def test_the_modules_own_metric_names_the_best_checkpoint_which_predicts_and_exp
         "named 'my_pkg'); run the export where that class is importable"]
 
 
+@pytest.mark.slow
 def test_a_table_config_needs_no_feature_or_class_count(tmp_path: Path) -> None:
     from sklearn.datasets import load_wine
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import train
-from tests.conftest import base_args
+from tests.conftest import REPO, base_args
 
 TINY = [
     "--max_epochs=1",
@@ -77,6 +77,7 @@ def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) 
     from lightning.pytorch.profilers import SimpleProfiler
 
     args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
+    assert type(train.main(args).trainer.profiler).__name__ == "NoProfiler"  # the fast default
     cli = train.main([*args, "--trainer.profiler=simple"])
     assert isinstance(cli.trainer.profiler, SimpleProfiler)
     recorded = cli.trainer.profiler.recorded_durations
@@ -292,3 +293,40 @@ def test_what_every_run_does_is_in_the_printed_config_and_can_be_removed(
     names = {type(c).__name__ for c in removed.callbacks}
     assert not names & {"RunSummary", "RNGState", "StopOnNonFiniteLoss", "ReportRankFailure"}
     assert type(removed.strategy.checkpoint_io).__name__ != "AtomicCheckpointIO"
+
+
+def test_the_readmes_image_table_config_parses_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("# my_data.yaml — python train.py --config my_data.yaml\n", 1)[1]
+    (tmp_path / "my_data.yaml").write_text(block.split("```", 1)[0])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", str(tmp_path / "my_data.yaml"), "--print_config"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["data"]["init_args"]["annotations"] == "/data/pets/labels.csv"
+    assert config["data"]["init_args"]["train_batch_transforms"] is None  # no digits settings
+    assert config["model"]["init_args"]["backbone"]["init_args"]["name"] == "resnet18"
+
+
+def test_a_model_that_needs_num_classes_from_data_that_has_none_is_one_line(
+    run_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (run_dir / "their_code.py").write_text(textwrap.dedent("""
+        from lightning.pytorch import LightningDataModule, LightningModule
+
+        class PlainData(LightningDataModule):
+            pass
+
+        class NeedsClasses(LightningModule):
+            def __init__(self, num_classes: int):
+                super().__init__()
+    """))
+    monkeypatch.syspath_prepend(str(run_dir))
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--data=their_code.PlainData", "--model=their_code.NeedsClasses"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("train.py: error:"), err
+    assert "NeedsClasses needs num_classes, which the data (PlainData) does not give" in err
