@@ -178,6 +178,13 @@ def test_a_table_config_needs_no_feature_or_class_count(tmp_path: Path) -> None:
                                    "--trainer.enable_model_summary=false"], cwd=tmp_path)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     (run,) = (tmp_path / "logs").glob("*/version_*")
-    hparams = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    last = run / "checkpoints" / "last.ckpt"
+    hparams = torch.load(last, weights_only=True)["hyper_parameters"]
     assert (hparams["in_features"], hparams["num_classes"]) == (13, 3)  # from the table
+
+    exported = run_module_subprocess("models.export", [f"--ckpt_path={last}"], cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    meta = json.loads(last.with_suffix(".onnx.json").read_text())
+    assert meta["input_shape"] == [13] and len(meta["feature_columns"]) == 13
+    assert meta["class_names"] == ["0", "1", "2"] and len(meta["mean"]) == 13
     assert json.loads((run / "summary.json").read_text())["metrics"]["test/acc"] > 0.85
