@@ -115,9 +115,8 @@ class Checkpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        validates = trainer.limit_val_batches != 0 and is_overridden("validation_step",
-                                                                      pl_module)
-        if not self._checked and not validates:
+        if not self._checked and (trainer.limit_val_batches == 0
+                                  or not is_overridden("validation_step", pl_module)):
             self.check_logged_metrics(trainer)  # no validation: the monitor is a train metric
         super().on_train_epoch_end(trainer, pl_module)
         # Epoch-end validation ran before this hook, so its top-k save is already done.

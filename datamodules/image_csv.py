@@ -98,9 +98,6 @@ class PredictImageDataset(ImageCSVDataset):
         image, _ = super().__getitem__(index)
         return image
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Tensor]:  # type: ignore[override]
-        return [self[index] for index in indices]
-
 
 class ImageCSVDataModule(ClassificationDataModule):
     """Train/val/test loaders over an annotations table and an image folder.

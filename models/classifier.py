@@ -133,12 +133,13 @@ class ImageClassifier(LightningModule):
     def _backbone_size_kwargs(self) -> dict[str, int]:
         """``in_features`` for a backbone that takes it and was not given it in the config."""
         in_features = self.hparams.get("in_features")
-        factory = self.backbone_factory
-        keywords = getattr(factory, "keywords", None)  # jsonargparse's partial: every init arg
         if in_features is None:
             return {}
+        factory = self.backbone_factory
+        keywords = getattr(factory, "keywords", None)  # jsonargparse's partial: every init arg
         if keywords is not None:
-            return {"in_features": in_features} if keywords.get("in_features", 0) is None else {}
+            unset = "in_features" in keywords and keywords["in_features"] is None
+            return {"in_features": in_features} if unset else {}
         try:
             takes = "in_features" in inspect.signature(factory).parameters
         except (TypeError, ValueError):
