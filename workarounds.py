@@ -67,13 +67,15 @@ def read_whole_numbers_as_batch_counts() -> None:
 
 
 def quiet_messages_users_cannot_act_on() -> None:
-    """Works around three messages every run printed that are about Lightning's own code:
+    """Works around four messages every run printed that are about other libraries' code:
     torch 2.14 deprecates ``isinstance(..., LeafSpec)``, which Lightning's pytree helper uses;
-    Lightning advertises its cloud logger (litlogger) whenever another logger is used; and
-    jsonargparse's deprecation notices for calls LightningCLI makes."""
+    Lightning advertises its cloud logger (litlogger) whenever another logger is used;
+    jsonargparse's deprecation notices for calls LightningCLI makes; and torchdata 0.11's
+    ``StatefulDataLoader`` calls ``torch.set_vital``, deprecated in torch 2.14."""
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if drop_cloud_logger_tip not in rank_zero_log.filters:
         rank_zero_log.addFilter(drop_cloud_logger_tip)

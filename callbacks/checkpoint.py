@@ -4,6 +4,8 @@ time, and ``last.ckpt`` is always the latest epoch, also after an exception or S
 from __future__ import annotations
 
 import re
+import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +41,11 @@ class Checkpoint(ModelCheckpoint):
       an older epoch. Here it is written at every epoch's save point (``every_n_epochs``), by
       ``trainer.save_checkpoint``, atomically with
       :class:`~callbacks.atomic_checkpoint_io.AtomicCheckpointIO`.
+    * **Inside an epoch**, ``every_n_train_steps`` and ``train_time_interval`` rewrite
+      ``last.ckpt`` only. Lightning would also save a best-by-metric file there, scored by the
+      previous validation's metric (the monitor is stale mid-epoch); here those files are
+      written at validation only. With the training loader's saved position
+      (``datamodules.base``), a run resumed from such a file continues with the next batch.
     * **``save_on_exception``**: when fit stops on an exception, Ctrl+C or SIGTERM (Lightning
       lets the batch finish, then raises ``SIGTERMException``), the state at that step
       (weights, optimizer, schedule, position in the epoch) is written to ``last.ckpt``, where
@@ -54,6 +61,9 @@ class Checkpoint(ModelCheckpoint):
         save_last: write ``last.ckpt`` (see above). Lightning's own ``save_last`` logic is
             off (the attribute ``save_last`` reads False); ``write_last`` holds this setting.
         save_on_exception: write ``last.ckpt`` when fit stops early (see above).
+        every_n_train_steps: also rewrite ``last.ckpt`` every N optimizer steps.
+        train_time_interval: also rewrite ``last.ckpt`` when this much training time passed
+            since the last write (``"0:30:00"``); under DDP rank 0's clock decides.
     """
 
     def __init__(
@@ -65,6 +75,8 @@ class Checkpoint(ModelCheckpoint):
         save_on_exception: bool = True,
         save_top_k: int = 1,
         every_n_epochs: int | None = None,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
         **kwargs: Any,
     ) -> None:
         if filename is None and monitor:
@@ -75,6 +87,9 @@ class Checkpoint(ModelCheckpoint):
                          save_top_k=save_top_k, every_n_epochs=every_n_epochs, **kwargs)
         self.write_last = save_last
         self.write_on_exception = save_on_exception
+        self.last_every_n_train_steps = every_n_train_steps or 0
+        self.last_train_time_interval = train_time_interval
+        self._last_write_time = time.monotonic()
         self._checked = False
         self._training = False  # an exception before training started has nothing to save
         self._last_written_step: int | None = None
@@ -127,6 +142,26 @@ class Checkpoint(ModelCheckpoint):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._training = True
+        self._last_write_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.step_write_due(trainer):
+            self.save_last_checkpoint(trainer)
+            self._last_write_time = time.monotonic()
+
+    def step_write_due(self, trainer: Trainer) -> bool:
+        """Whether this step rewrites ``last.ckpt`` (the same answer on every rank: saving is
+        collective)."""
+        every = self.last_every_n_train_steps
+        if every and trainer.global_step % every == 0:
+            return True
+        if self.last_train_time_interval is None:
+            return False
+        elapsed = time.monotonic() - self._last_write_time
+        return bool(trainer.strategy.broadcast(
+            elapsed >= self.last_train_time_interval.total_seconds()))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.save_last_checkpoint(trainer)  # e.g. max_steps reached inside an epoch

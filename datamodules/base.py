@@ -21,9 +21,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from datamodules.batch_transforms import apply_to_inputs
+from datamodules.resume import check_resumable, training_draw
 from datamodules.samplers import (
     EpochSeededSampler,
     RandomShardSampler,
@@ -158,6 +160,10 @@ class ClassificationDataModule(LightningDataModule):
         self._split_rows: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
         self.split_tables: dict[str, pd.DataFrame] = {}
+        self._train_loader: StatefulDataLoader | None = None
+        self._train_loader_state: dict[str, Any] | None = None  # from a checkpoint, not yet used
+        self._resume_epoch = 0  # the epoch a resumed fit continues in
+        self._training_draw: dict[str, Any] | None = None
 
     # -- what the model is sized from --------------------------------------------------------
     @property
@@ -298,8 +304,18 @@ class ClassificationDataModule(LightningDataModule):
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
 
     # -- loaders -----------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", sampler=self.train_sampler())
+    def train_dataloader(self) -> StatefulDataLoader:
+        """A loader that records its position (torchdata's ``StatefulDataLoader``, with the
+        resumable sampler): a checkpoint taken inside an epoch continues with the next batch
+        the interrupted run would have trained on, also with loader workers."""
+        sampler = self.train_sampler()
+        sampler.set_epoch(self._resume_epoch)  # before the state: see EpochSeededSampler
+        loader = self._loader("train", sampler=sampler)
+        if self._train_loader_state is not None:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        self._train_loader = loader
+        return loader
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -338,6 +354,8 @@ class ClassificationDataModule(LightningDataModule):
         raise ValueError(f"unknown sampler {self.sampler!r}")
 
     def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
+        """The training loader is a ``StatefulDataLoader`` (it saves its position); the others
+        are plain ``DataLoader``s, which evaluation restarts from the start anyway."""
         workers = self.num_workers
         if workers is None:
             workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
@@ -348,7 +366,8 @@ class ClassificationDataModule(LightningDataModule):
         # workers: a new iterator per epoch; persistent ones: only the first) would move the
         # global stream, and dropout would depend on the worker setting and on resuming.
         generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        return DataLoader(
+        loader_class = StatefulDataLoader if split == "train" else DataLoader
+        return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
@@ -369,9 +388,18 @@ class ClassificationDataModule(LightningDataModule):
             return transform(batch)
         return apply_to_inputs(transform, batch) if isinstance(batch, (tuple, list)) else batch
 
+    # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        # Saved in every checkpoint: prediction needs the class order the model was trained on.
-        return {"class_names": list(self._class_names or [])}
+        # Prediction needs the class order the model was trained on; a resume needs the
+        # training loader's position and what its draw depends on (datamodules.resume).
+        state: dict[str, Any] = {"class_names": list(self._class_names or [])}
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if self._train_loader is not None and fitting:
+            state["training_draw"] = self.training_draw()
+            state["train_loader"] = self._train_loader.state_dict()
+            inside = not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            state["epoch"], state["inside_epoch"] = self.trainer.current_epoch, inside
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("class_names")
@@ -379,6 +407,29 @@ class ClassificationDataModule(LightningDataModule):
             raise DataError(f"{self.source}: the checkpoint's classes {saved} differ from the "
                              f"data's {self._class_names}")
         self._class_names = list(saved or self._class_names or []) or None
+        fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "train_loader" in state_dict:
+            check_resumable(state_dict["training_draw"], self.training_draw(),
+                            mid_epoch=state_dict["inside_epoch"])
+            self._train_loader_state = state_dict["train_loader"]
+            self._resume_epoch = state_dict["epoch"] + (0 if state_dict["inside_epoch"] else 1)
+
+    def training_draw(self) -> dict[str, Any]:
+        """What this run's sequence of training batches depends on (datamodules.resume); worked
+        out once per run (it hashes the training split)."""
+        if self._training_draw is None:
+            self._training_draw = self.describe_training_draw()
+        return self._training_draw
+
+    def describe_training_draw(self) -> dict[str, Any]:
+        options = {"weighted": {"weight_column": self.weight_column},
+                   "subset_random": {"subset_fraction": self.subset_fraction}}.get(self.sampler, {})
+        workers = self.num_workers
+        if workers is None:
+            workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
+        return training_draw(self.source, self.split_tables["train"], self.sampler, options,
+                             self.batch_size, self.trainer.world_size if self.trainer else 1,
+                             workers)
 
 
 def targets_tensor(targets: np.ndarray | None, length: int) -> Tensor:

@@ -10,8 +10,11 @@ sampler happens to draw identically, the bug behind Lightning #10946/#12866), an
 Each index they yield is a :class:`SeededIndex`: an ``int`` that also carries a seed drawn from
 (seed, epoch, position in the draw). A dataset runs its random per-sample transforms under that
 seed (:func:`call_with_seed`), so augmentation depends on neither the number of loader workers
-nor how long they live, and a run resumed at an epoch boundary augments exactly as the
-uninterrupted run did.
+nor how long they live, and a resumed run augments exactly as the uninterrupted run did.
+
+They are also resumable inside an epoch (``state_dict``/``load_state_dict``): torchdata's
+``StatefulDataLoader`` saves the sampler's state with each batch it hands out, and a restored
+sampler continues the same epoch's draw after the last index that reached training.
 """
 
 from __future__ import annotations
@@ -70,16 +73,46 @@ def call_with_seed(function: Callable[..., T], *args: Any, seed: int | None) -> 
 
 
 class EpochSeededSampler(DistributedSampler):
-    """Base class: subclasses say how to draw the global order; this class shards it."""
+    """Base class: subclasses say how to draw the global order; this class shards it and
+    remembers how far into the epoch's shard it got."""
 
     def __init__(self, num_draws: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(range(num_draws), num_replicas=num_replicas, rank=rank, shuffle=False,
                          seed=seed, drop_last=False)
+        self.yielded = 0  # indices of this epoch's shard handed out so far
+        self._resume_at = 0  # set by load_state_dict: where the next iteration starts
 
     def global_order(self, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
+    # The position is kept only for the epoch the sampler is set to when the state is loaded:
+    # Lightning builds a resumed run's loader iterator (and workers start drawing indices)
+    # before its own set_epoch, so whoever restores sets the resumed epoch first
+    # (``datamodules.base`` does). A state saved at the end of an epoch then positions nothing:
+    # the next epoch starts from its start.
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self.yielded, "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["num_replicas"] != self.num_replicas:
+            raise ValueError(f"the sampler state is for {state['num_replicas']} processes, "
+                             f"this run has {self.num_replicas}")
+        self._resume_at = state["yielded"] if state["epoch"] == self.epoch else 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._resume_at = 0  # a loaded position belongs to the epoch it was loaded for
+        super().set_epoch(epoch)
+
     def __iter__(self) -> Iterator[SeededIndex]:
+        start, self._resume_at = self._resume_at, 0
+        self.yielded = start
+        for index in self.shard_of_epoch()[start:]:
+            self.yielded += 1
+            yield index
+
+    def shard_of_epoch(self) -> list[SeededIndex]:
+        """This rank's indices for ``self.epoch``, each with its per-sample seed."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self.global_order(generator)
         # Pad by repeating the start so every rank gets the same number of batches, as
@@ -91,7 +124,7 @@ class EpochSeededSampler(DistributedSampler):
         # and the seeds do not depend on the number of ranks.
         seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
         shard = slice(self.rank, self.total_size, self.num_replicas)
-        return map(SeededIndex, order[shard].tolist(), seeds[shard].tolist())
+        return list(map(SeededIndex, order[shard].tolist(), seeds[shard].tolist()))
 
 
 class SequentialShardSampler(EpochSeededSampler):

@@ -87,3 +87,20 @@ class MakeDirWhenLoaded:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return os.mkdir, (self.path,)
+
+
+class SignalAtStep(Callback):
+    """Sends ``signal_name`` (e.g. ``SIGTERM``, ``SIGUSR1``) to this process just before training
+    step ``step`` runs, as a scheduler would at any moment: the handler runs in the middle of
+    the step's hooks, not at a point chosen for it."""
+
+    def __init__(self, signal_name: str, step: int) -> None:
+        self.signal = signal.Signals[signal_name]
+        self.step = step
+        self.sent = False
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signal)

@@ -97,3 +97,57 @@ def test_lightning_still_says_what_the_user_cannot_act_on(
         _tree_flatten({"loss": torch.tensor(1.0)})
     assert any("litlogger" in record.getMessage() for record in caplog.records)
     assert any("LeafSpec" in str(w.message) for w in caught)
+
+
+def test_torchdata_stateful_loader_still_calls_the_deprecated_set_vital() -> None:
+    """quiet_messages_users_cannot_act_on: needed while building a ``StatefulDataLoader`` warns
+    about torch's deprecated ``set_vital``."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        StatefulDataLoader(list(range(4)))
+    assert any("set_vital" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("asks_for_step_count", [False, True])
+def test_lightning_drops_a_restored_loader_position_when_optimizers_ask_for_the_step_count(
+    tmp_path: Path, asks_for_step_count: bool
+) -> None:
+    """``datamodules.resume`` keeps the training loader's state in the datamodule's state:
+    needed while Lightning #20550 loses the loader state it restores when
+    ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (OneCycle does)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    class RecordsFirstBatch(BoringModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first_batch: torch.Tensor | None = None
+
+        def configure_optimizers(self):
+            if asks_for_step_count:
+                assert self.trainer.estimated_stepping_batches == 16
+            return super().configure_optimizers()
+
+        def training_step(self, batch, batch_idx):
+            if self.first_batch is None:
+                self.first_batch = batch.clone()
+            return super().training_step(batch, batch_idx)
+
+    def loader() -> StatefulDataLoader:  # row i holds the value i: 16 batches of 4 rows
+        return StatefulDataLoader(torch.arange(64.0).repeat(32, 1).T.contiguous(), batch_size=4)
+
+    def trainer(**kwargs: object) -> Trainer:
+        return Trainer(default_root_dir=tmp_path, max_epochs=1, limit_val_batches=0,
+                       enable_progress_bar=False, logger=False, **kwargs)
+
+    trainer(callbacks=[ModelCheckpoint(tmp_path, "step{step}", every_n_train_steps=5,
+                                       save_top_k=-1, auto_insert_metric_name=False)]
+            ).fit(RecordsFirstBatch(), train_dataloaders=loader())
+    model = RecordsFirstBatch()
+    trainer(enable_checkpointing=False).fit(model, train_dataloaders=loader(),
+                                            ckpt_path=tmp_path / "step5.ckpt")
+    # The loader's saved state: batch 5 (rows 20..23) is next. With the step count asked for,
+    # Lightning starts the loader over at row 0.
+    assert model.first_batch is not None
+    assert model.first_batch[0, 0].item() == (0.0 if asks_for_step_count else 20.0)

@@ -1,0 +1,70 @@
+"""What a checkpoint records about the training data, so that a resumed run continues the same
+draw or refuses in one line.
+
+Two gaps this fills:
+
+* **Lightning #20550.** Lightning restores the training loader's position from the fit loop's
+  checkpoint state, but drops it when ``configure_optimizers`` asks for
+  ``trainer.estimated_stepping_batches`` (OneCycle does), which builds the loader before the
+  restore. The datamodule's own state is restored earlier, before any loader exists, so the
+  loader's state is also kept there and handed to the loader when it is built.
+* **A checkpoint from other data.** Lightning resumes any checkpoint into any data: a
+  different table, split or sampler would continue a draw that does not exist. The checkpoint
+  records what the draw depends on and a resume compares it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pandas as pd
+
+from datamodules.validation import DataError
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """A short hash of the rows (values and order): equal for the same training split."""
+    digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def training_draw(source: str, train_table: pd.DataFrame, sampler: str,
+                  sampler_options: dict[str, Any], batch_size: int, processes: int,
+                  num_workers: int) -> dict[str, Any]:
+    """What a training epoch's sequence of batches depends on, as plain values."""
+    return {
+        "data": source,
+        "training rows": len(train_table),
+        "training split": table_fingerprint(train_table),
+        "sampler": sampler,
+        **{f"sampler {name}": value for name, value in sampler_options.items()},
+        "batch_size": batch_size,
+        "processes": processes,
+        "num_workers": num_workers,
+    }
+
+
+# Must match for any resume: another table, split or sampler is another draw. The file's path
+# may change (data moved to another disk); its content may not.
+SAME_DATA = ("training rows", "training split", "sampler")
+# Must match to continue inside an epoch (the saved position counts this rank's batches of
+# this size, made by this many loader processes); at an epoch boundary they may change.
+SAME_POSITION = ("batch_size", "processes", "num_workers")
+
+
+def check_resumable(saved: dict[str, Any], now: dict[str, Any], mid_epoch: bool) -> None:
+    """Raise a one-line :class:`DataError` naming what differs between the checkpoint's draw
+    and this run's."""
+    data_keys = [k for k in saved if k in SAME_DATA or k.startswith("sampler ")]
+    keys = data_keys + (list(SAME_POSITION) if mid_epoch else [])
+    differ = [k for k in keys if saved.get(k) != now.get(k)]
+    if not differ:
+        return
+    changes = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
+    if any(k in data_keys for k in differ):
+        raise DataError(f"--ckpt_path: the checkpoint was trained on other data or another "
+                        f"sampler (checkpoint -> now: {changes})")
+    raise DataError(f"--ckpt_path: the checkpoint stopped inside an epoch, which can only "
+                    f"continue with the same settings (checkpoint -> now: {changes}); pass "
+                    f"the checkpoint's values or resume from an epoch-end checkpoint")
