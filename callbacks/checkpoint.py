@@ -90,6 +90,7 @@ class Checkpoint(ModelCheckpoint):
         self.last_every_n_train_steps = every_n_train_steps or 0
         self.last_train_time_interval = train_time_interval
         self._last_write_time = time.monotonic()
+        self._write_after_validation = False
         self._checked = False
         self._training = False  # an exception before training started has nothing to save
         self._last_written_step: int | None = None
@@ -128,6 +129,8 @@ class Checkpoint(ModelCheckpoint):
                 and not trainer.sanity_checking):
             self.check_logged_metrics(trainer)
         super().on_validation_end(trainer, pl_module)
+        if self._write_after_validation and not trainer.sanity_checking:
+            self.write_step_checkpoint(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._checked and (trainer.limit_val_batches == 0
@@ -147,9 +150,19 @@ class Checkpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.step_write_due(trainer):
-            self.save_last_checkpoint(trainer)
-            self._last_write_time = time.monotonic()
+        if not self.step_write_due(trainer):
+            return
+        if validation_follows(trainer):
+            # Lightning resumes a checkpoint taken between a step and its validation as if
+            # that validation had run: it would be skipped. Write once it has run.
+            self._write_after_validation = True
+        else:
+            self.write_step_checkpoint(trainer)
+
+    def write_step_checkpoint(self, trainer: Trainer) -> None:
+        self._write_after_validation = False
+        self.save_last_checkpoint(trainer)
+        self._last_write_time = time.monotonic()
 
     def step_write_due(self, trainer: Trainer) -> bool:
         """Whether this step rewrites ``last.ckpt`` (the same answer on every rank: saving is
@@ -186,6 +199,13 @@ class Checkpoint(ModelCheckpoint):
     ) -> None:
         if not self.write_on_exception or not self._training or trainer.sanity_checking:
             return
+        if trainer.validating:
+            # A half-run validation would be resumed as a finished one (its metrics, the best
+            # checkpoint and early stopping would miss it): keep the last checkpoint from
+            # before it; resuming from there runs this validation again, whole.
+            rank_zero_info(f"{type(exception).__name__} during validation: not saving; "
+                           f"{self.last_model_path or 'no checkpoint'} is the latest")
+            return
         if trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt,
                                                                    SIGTERMException)):
             return  # the other ranks are inside a training step: a collective save would hang
@@ -197,6 +217,26 @@ class Checkpoint(ModelCheckpoint):
         if filepath:
             rank_zero_info(f"{type(exception).__name__} at step {trainer.global_step}: saved "
                            f"{filepath} (resume with --ckpt_path last)")
+
+
+def validation_follows(trainer: Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended: at the
+    epoch's last batch or every ``val_check_interval`` batches, in the epochs
+    ``check_val_every_n_epoch`` selects. (Lightning decides this in a private method; a time
+    based ``val_check_interval`` is not covered.)"""
+    if not trainer.enable_validation:
+        return False
+    every = trainer.check_val_every_n_epoch
+    if every is not None and (trainer.current_epoch + 1) % every:
+        return False
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if epoch_loop.batch_progress.is_last_batch:
+        return True
+    interval = trainer.val_check_batch
+    if interval is None or interval == float("inf"):
+        return False
+    batches = epoch_loop.total_batch_idx if every is None else epoch_loop.batch_idx
+    return (batches + 1) % interval == 0
 
 
 def resolve_last_checkpoint(config: Any) -> None:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,45 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+# The digits read from their PNG files per sample (no cache), each image randomly cropped and
+# rotated in the loader: per-image random augmentation, with {workers} loader workers.
+RANDOM_PER_IMAGE_CONFIG = """
+data:
+  init_args:
+    cache_images: false
+    num_workers: {workers}
+    train_batch_transforms: null
+    eval_batch_transforms: null
+    train_transforms:
+      class_path: torchvision.transforms.v2.Compose
+      init_args:
+        transforms:
+          - class_path: torchvision.transforms.v2.RandomCrop
+            init_args: {{size: 12, padding: 2}}
+          - class_path: torchvision.transforms.v2.RandomRotation
+            init_args: {{degrees: 15}}
+          - class_path: torchvision.transforms.v2.ToDtype
+            init_args: {{dtype: torch.float32, scale: true}}
+    eval_transforms:
+      class_path: torchvision.transforms.v2.Compose
+      init_args:
+        transforms:
+          - class_path: torchvision.transforms.v2.Pad
+            init_args: {{padding: 2}}
+          - class_path: torchvision.transforms.v2.ToDtype
+            init_args: {{dtype: torch.float32, scale: true}}
+"""
+
+
+def read_events(run: Path) -> Any:
+    """A run folder's TensorBoard events (scalars, images, tensors), as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
 def base_args(digits_root: Path, logs: Path) -> list[str]:
     """Options that point a run at the test's data and log folders."""
     return [
@@ -78,11 +118,11 @@ def pythonpath_with(*paths: Path) -> str:
 
 def run_train_subprocess(
     args: list[str], cwd: Path, timeout: float = 300, extra_path: Path | None = None,
-    gpu: bool = False,
+    gpu: bool = False, env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python train.py ARGS`` as a user would, in its own process (needed for DDP, which
-    re-executes the script per rank); on the CPU unless ``gpu``."""
-    env = environment_with_gpus() if gpu else dict(os.environ)
+    re-executes the script per rank); on the CPU unless ``gpu``; in ``env`` if given."""
+    env = dict(env) if env is not None else environment_with_gpus() if gpu else dict(os.environ)
     env["PYTHONPATH"] = pythonpath_with(REPO, *([extra_path] if extra_path else []))
     env["PYTHONUNBUFFERED"] = "1"
     return subprocess.run(

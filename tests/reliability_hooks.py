@@ -104,3 +104,33 @@ class SignalAtStep(Callback):
         if trainer.global_step == self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signal)
+
+
+class SignalAtValidationBatch(Callback):
+    """Sends ``signal_name`` to this process before validation batch ``batch`` of the validation
+    that follows training step ``step`` (e.g. ``SIGINT``: Ctrl+C in the middle of validating)."""
+
+    def __init__(self, signal_name: str, step: int, batch: int) -> None:
+        self.signal = signal.Signals[signal_name]
+        self.step = step
+        self.batch = batch
+
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if (trainer.global_step == self.step and batch_idx == self.batch
+                and not trainer.sanity_checking):
+            os.kill(os.getpid(), self.signal)
+
+
+class SaveWeightsAtTrainEnd(Callback):
+    """Every rank writes its model weights to ``folder/rank<N>.pt`` when training ends: the
+    DDP test compares each rank's, not only rank 0's checkpoint."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.state_dict(), self.folder / f"rank{trainer.global_rank}.pt")

@@ -22,7 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
 import train
-from tests.conftest import REPO, base_args, lightning_older_than, pythonpath_with
+from tests.conftest import REPO, base_args, lightning_older_than, pythonpath_with, read_events
 
 CONFIGS = REPO / "configs"
 TINY = ["--max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
@@ -32,14 +32,6 @@ TINY = ["--max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_va
 def only_run_dir(logs: Path) -> Path:
     (run,) = sorted((logs / "digits").glob("version_*"))
     return run
-
-
-def read_events(run: Path) -> Any:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
-    events.Reload()
-    return events
 
 
 # -- TensorBoard: scalars, pictures, hparams; summary; checkpoint contents -------------------

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import (
+    RANDOM_PER_IMAGE_CONFIG,
     REPO,
     base_args,
     pythonpath_with,
@@ -96,32 +97,6 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_uninterrupted_runs_exact_wei
 
 
 # -- 1b. the same seed gives the same run with 0 or 2 loader workers --------------------------
-RANDOM_PER_IMAGE = """
-data:
-  init_args:
-    cache_images: false
-    num_workers: {workers}
-    train_batch_transforms: null
-    eval_batch_transforms: null
-    train_transforms:
-      class_path: torchvision.transforms.v2.Compose
-      init_args:
-        transforms:
-          - class_path: torchvision.transforms.v2.RandomCrop
-            init_args: {{size: 12, padding: 2}}
-          - class_path: torchvision.transforms.v2.RandomRotation
-            init_args: {{degrees: 15}}
-          - class_path: torchvision.transforms.v2.ToDtype
-            init_args: {{dtype: torch.float32, scale: true}}
-    eval_transforms:
-      class_path: torchvision.transforms.v2.Compose
-      init_args:
-        transforms:
-          - class_path: torchvision.transforms.v2.Pad
-            init_args: {{padding: 2}}
-          - class_path: torchvision.transforms.v2.ToDtype
-            init_args: {{dtype: torch.float32, scale: true}}
-"""
 
 
 @pytest.mark.slow
@@ -131,7 +106,7 @@ def test_same_seed_gives_the_same_weights_with_0_or_2_loader_workers(
     weights = []
     for workers in (0, 2):
         config = tmp_path / f"workers{workers}.yaml"
-        config.write_text(RANDOM_PER_IMAGE.format(workers=workers))
+        config.write_text(RANDOM_PER_IMAGE_CONFIG.format(workers=workers))
         logs = tmp_path / f"logs{workers}"
         result = run_train_subprocess(
             [*base_args(digits_root, logs), f"--config={config}", "--max_epochs=2",
