@@ -25,7 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from datamodules.batch_transforms import apply_to_inputs
-from datamodules.resume import check_resumable, training_draw
+from datamodules.resume import ResumableLoader, check_resumable, training_draw
 from datamodules.samplers import (
     EpochSeededSampler,
     RandomShardSampler,
@@ -160,9 +160,10 @@ class ClassificationDataModule(LightningDataModule):
         self._split_rows: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
         self.split_tables: dict[str, pd.DataFrame] = {}
-        self._train_loader: StatefulDataLoader | None = None
+        self._train_loader: DataLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None  # from a checkpoint, not yet used
         self._resume_epoch = 0  # the epoch a resumed fit continues in
+        self._resume_inside = True  # False: it starts that epoch, no loader position needed
         self._training_draw: dict[str, Any] | None = None
 
     # -- what the model is sized from --------------------------------------------------------
@@ -304,14 +305,20 @@ class ClassificationDataModule(LightningDataModule):
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
 
     # -- loaders -----------------------------------------------------------------------------
-    def train_dataloader(self) -> StatefulDataLoader:
+    # The training loader's class: a StatefulDataLoader records its position for an exact
+    # resume inside an epoch; a plain DataLoader here resumes exactly only at epoch ends.
+    train_loader_class: type[DataLoader] = ResumableLoader
+
+    def train_dataloader(self) -> DataLoader:
         """A loader that records its position (torchdata's ``StatefulDataLoader``, with the
         resumable sampler): a checkpoint taken inside an epoch continues with the next batch
         the interrupted run would have trained on, also with loader workers."""
         sampler = self.train_sampler()
         sampler.set_epoch(self._resume_epoch)  # before the state: see EpochSeededSampler
         loader = self._loader("train", sampler=sampler)
-        if self._train_loader_state is not None:
+        if isinstance(loader, ResumableLoader):
+            loader.keep_position = self._resume_inside
+        if self._train_loader_state is not None and isinstance(loader, StatefulDataLoader):
             loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
         self._train_loader = loader
@@ -366,7 +373,7 @@ class ClassificationDataModule(LightningDataModule):
         # workers: a new iterator per epoch; persistent ones: only the first) would move the
         # global stream, and dropout would depend on the worker setting and on resuming.
         generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        loader_class = StatefulDataLoader if split == "train" else DataLoader
+        loader_class = self.train_loader_class if split == "train" else DataLoader
         return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -394,7 +401,7 @@ class ClassificationDataModule(LightningDataModule):
         # training loader's position and what its draw depends on (datamodules.resume).
         state: dict[str, Any] = {"class_names": list(self._class_names or [])}
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
-        if self._train_loader is not None and fitting:
+        if fitting and isinstance(self._train_loader, StatefulDataLoader):
             state["training_draw"] = self.training_draw()
             state["train_loader"] = self._train_loader.state_dict()
             inside = not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
@@ -411,8 +418,9 @@ class ClassificationDataModule(LightningDataModule):
         if fitting and "train_loader" in state_dict:
             check_resumable(state_dict["training_draw"], self.training_draw(),
                             mid_epoch=state_dict["inside_epoch"])
-            self._train_loader_state = state_dict["train_loader"]
-            self._resume_epoch = state_dict["epoch"] + (0 if state_dict["inside_epoch"] else 1)
+            self._resume_inside = state_dict["inside_epoch"]
+            self._train_loader_state = state_dict["train_loader"] if self._resume_inside else None
+            self._resume_epoch = state_dict["epoch"] + (0 if self._resume_inside else 1)
 
     def training_draw(self) -> dict[str, Any]:
         """What this run's sequence of training batches depends on (datamodules.resume); worked

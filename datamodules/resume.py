@@ -19,8 +19,23 @@ import hashlib
 from typing import Any
 
 import pandas as pd
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.validation import DataError
+
+
+class ResumableLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader`` (it records the position of the last batch handed to
+    training, not of those its workers prefetched) that can be told a restored position is not
+    needed: a run resumed from an epoch-end checkpoint starts a new epoch, and the finished
+    epoch's state, which Lightning restores too, may come from another number of workers or
+    processes, which ``StatefulDataLoader`` cannot load."""
+
+    keep_position = True
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.keep_position:
+            super().load_state_dict(state_dict)
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:

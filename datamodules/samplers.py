@@ -94,10 +94,13 @@ class EpochSeededSampler(DistributedSampler):
         return {"epoch": self.epoch, "yielded": self.yielded, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["epoch"] != self.epoch:
+            self._resume_at = 0
+            return
         if state["num_replicas"] != self.num_replicas:
             raise ValueError(f"the sampler state is for {state['num_replicas']} processes, "
                              f"this run has {self.num_replicas}")
-        self._resume_at = state["yielded"] if state["epoch"] == self.epoch else 0
+        self._resume_at = state["yielded"]
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
