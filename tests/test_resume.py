@@ -80,8 +80,6 @@ CASES = {
     "digits cached, random sampler, 2 workers": lambda folder: TWO_WORKERS,
     "image files, per-image random augmentation, 2 workers":
         lambda folder: per_image_augmentation(folder, workers=2),
-    "image files, per-image random augmentation, 0 workers":
-        lambda folder: per_image_augmentation(folder, workers=0),
     "weighted sampler, 2 workers": lambda folder: ["--data.init_args.sampler=weighted",
                                                    *TWO_WORKERS],
     "subset_random sampler, 0 workers": lambda folder: ["--data.init_args.sampler=subset_random",
