@@ -15,8 +15,8 @@ which records its position) against a plain ``DataLoader``, and one step checkpo
    none; the difference over the number of steps is the cost of one ``last.ckpt`` write
    (weights, optimizer, loader position, written to a temporary file and renamed).
 
-The variants alternate within each round; ratios are medians of per-round ratios
-(``overhead.paired_ratio``), times medians over rounds.
+The variants alternate within each round, which one goes first alternating between rounds;
+ratios are medians of per-round ratios (``overhead.paired_ratio``), times medians over rounds.
 """
 
 from __future__ import annotations
@@ -134,7 +134,10 @@ def measure(repeats: int, epochs: int, workdir: Path) -> dict[str, dict[str, lis
     times = {group: {name: [] for name in variants} for group, variants in groups.items()}
     for round_ in range(repeats):
         for group, variants in groups.items():
-            for name, run in variants.items():
+            # Alternate which variant goes first: the first run after another group's pays
+            # for changing caches (and, after the PNG loader, for its workers' exit).
+            order = list(variants.items())[:: 1 if round_ % 2 == 0 else -1]
+            for name, run in order:
                 times[group][name].append(run())
         print(f"round {round_ + 1}/{repeats} done", file=sys.stderr, flush=True)
     times["steps"] = {"default run": [float(steps["default run"])]}
