@@ -1,5 +1,6 @@
 """ModelCheckpoint for any LightningModule: a monitor the module never logs costs no training
-time, and ``last.ckpt`` is always the latest epoch, also after an exception or SIGTERM."""
+time, and ``last.ckpt`` is the latest state worth resuming: every epoch, every N steps or
+minutes if asked, after an exception or SIGTERM."""
 
 from __future__ import annotations
 
@@ -87,8 +88,8 @@ class Checkpoint(ModelCheckpoint):
                          save_top_k=save_top_k, every_n_epochs=every_n_epochs, **kwargs)
         self.write_last = save_last
         self.write_on_exception = save_on_exception
-        self.last_every_n_train_steps = every_n_train_steps or 0
-        self.last_train_time_interval = train_time_interval
+        self.last_ckpt_every_n_train_steps = every_n_train_steps or 0
+        self.last_ckpt_time_interval = train_time_interval
         self._last_write_time = time.monotonic()
         self._write_after_validation = False
         self._checked = False
@@ -166,15 +167,18 @@ class Checkpoint(ModelCheckpoint):
 
     def step_write_due(self, trainer: Trainer) -> bool:
         """Whether this step rewrites ``last.ckpt`` (the same answer on every rank: saving is
-        collective)."""
-        every = self.last_every_n_train_steps
+        collective). Never between the micro-batches of an accumulated step: the gradients
+        accumulated so far are not in a checkpoint."""
+        if not optimizer_stepped(trainer):
+            return False
+        every = self.last_ckpt_every_n_train_steps
         if every and trainer.global_step % every == 0:
             return True
-        if self.last_train_time_interval is None:
+        if self.last_ckpt_time_interval is None:
             return False
         elapsed = time.monotonic() - self._last_write_time
         return bool(trainer.strategy.broadcast(
-            elapsed >= self.last_train_time_interval.total_seconds()))
+            elapsed >= self.last_ckpt_time_interval.total_seconds()))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.save_last_checkpoint(trainer)  # e.g. max_steps reached inside an epoch
@@ -219,22 +223,30 @@ class Checkpoint(ModelCheckpoint):
                            f"{filepath} (resume with --ckpt_path last)")
 
 
+def optimizer_stepped(trainer: Trainer) -> bool:
+    """Whether the training batch that just ended completed an accumulated step."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return (epoch_loop.batch_progress.is_last_batch
+            or (epoch_loop.batch_idx + 1) % trainer.accumulate_grad_batches == 0)
+
+
 def validation_follows(trainer: Trainer) -> bool:
-    """Whether Lightning validates right after the training batch that just ended: at the
-    epoch's last batch or every ``val_check_interval`` batches, in the epochs
-    ``check_val_every_n_epoch`` selects. (Lightning decides this in a private method; a time
-    based ``val_check_interval`` is not covered.)"""
+    """Whether Lightning validates right after the training batch that just ended, by its
+    batch-count rule: every ``val_check_interval`` batches (by default the epoch's last batch)
+    in the epochs ``check_val_every_n_epoch`` selects, or when fit is about to stop.
+    Lightning decides this in a private method; a time-based ``val_check_interval`` is not
+    covered."""
     if not trainer.enable_validation:
         return False
     every = trainer.check_val_every_n_epoch
     if every is not None and (trainer.current_epoch + 1) % every:
         return False
     epoch_loop = trainer.fit_loop.epoch_loop
-    if epoch_loop.batch_progress.is_last_batch:
+    if trainer.should_stop:
         return True
     interval = trainer.val_check_batch
     if interval is None or interval == float("inf"):
-        return False
+        return epoch_loop.batch_progress.is_last_batch
     batches = epoch_loop.total_batch_idx if every is None else epoch_loop.batch_idx
     return (batches + 1) % interval == 0
 

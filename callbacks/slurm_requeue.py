@@ -10,7 +10,10 @@ same place, then asks SLURM to requeue the job as Lightning does. Lightning find
 ``hpc_ckpt_<N>.ckpt`` in ``trainer.default_root_dir`` when the requeued job starts (or with
 ``--ckpt_path hpc``).
 
-Only active when Lightning detects SLURM (``SLURMEnvironment.detect()``); elsewhere it does
+Like ``Checkpoint``'s step writes, the save waits for the end of an accumulated step and for a
+validation that follows the step (Lightning resumes a checkpoint taken before a validation as
+if it had run). Only active when Lightning detects SLURM (``SLURMEnvironment.detect()``) and
+the strategy's ``SLURMEnvironment`` does not say ``auto_requeue=False``; elsewhere it does
 nothing. Under DDP the ranks agree on the step to save at (one boolean all-reduce per step, only
 under SLURM): saving is collective.
 """
@@ -27,6 +30,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
+
+from callbacks.checkpoint import optimizer_stepped, validation_follows
 
 
 def next_hpc_checkpoint(folder: str | Path) -> Path:
@@ -69,10 +74,14 @@ class RequeueOnSlurmSignal(Callback):
         self.requested = False
         self._previous_handler: Any = None
         self._active = False
+        self._save_after_validation = False
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or not SLURMEnvironment.detect():
             return
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+        if isinstance(environment, SLURMEnvironment) and not environment.auto_requeue:
+            return  # the user opted out of requeueing
         self._previous_handler = signal.signal(self.signal, self.handle_signal)
         self._active = True
 
@@ -82,11 +91,21 @@ class RequeueOnSlurmSignal(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if not self._active:
+        if not self._active or not optimizer_stepped(trainer):
             return
         if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
             return
-        self.requested = False
+        if validation_follows(trainer):
+            self._save_after_validation = True
+            return
+        self.save_and_requeue(trainer)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._save_after_validation and not trainer.sanity_checking:
+            self.save_and_requeue(trainer)
+
+    def save_and_requeue(self, trainer: Trainer) -> None:
+        self.requested = self._save_after_validation = False
         path = next_hpc_checkpoint(trainer.default_root_dir)
         trainer.save_checkpoint(path)
         rank_zero_info(f"{self.signal.name} at step {trainer.global_step}: saved {path}; the "

@@ -25,7 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from datamodules.batch_transforms import apply_to_inputs
-from datamodules.resume import ResumableLoader, check_resumable, training_draw
+from datamodules.resume import ResumableLoader, check_resumable, training_data_settings
 from datamodules.samplers import (
     EpochSeededSampler,
     RandomShardSampler,
@@ -163,8 +163,8 @@ class ClassificationDataModule(LightningDataModule):
         self._train_loader: DataLoader | None = None
         self._train_loader_state: dict[str, Any] | None = None  # from a checkpoint, not yet used
         self._resume_epoch = 0  # the epoch a resumed fit continues in
-        self._resume_inside = True  # False: it starts that epoch, no loader position needed
-        self._training_draw: dict[str, Any] | None = None
+        self._resume_inside = True  # False: a resume starts that epoch, needs no loader position
+        self._resume_settings: dict[str, Any] | None = None
 
     # -- what the model is sized from --------------------------------------------------------
     @property
@@ -317,7 +317,7 @@ class ClassificationDataModule(LightningDataModule):
         sampler.set_epoch(self._resume_epoch)  # before the state: see EpochSeededSampler
         loader = self._loader("train", sampler=sampler)
         if isinstance(loader, ResumableLoader):
-            loader.keep_position = self._resume_inside
+            loader.accept_loaded_state = self._resume_inside
         if self._train_loader_state is not None and isinstance(loader, StatefulDataLoader):
             loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
@@ -398,14 +398,14 @@ class ClassificationDataModule(LightningDataModule):
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         # Prediction needs the class order the model was trained on; a resume needs the
-        # training loader's position and what its draw depends on (datamodules.resume).
+        # training loader's position, the epoch it continues in, and the settings the
+        # sequence of batches depends on (datamodules.resume).
         state: dict[str, Any] = {"class_names": list(self._class_names or [])}
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
         if fitting and isinstance(self._train_loader, StatefulDataLoader):
-            state["training_draw"] = self.training_draw()
+            state["training_data"] = self.resume_settings()
             state["train_loader"] = self._train_loader.state_dict()
-            inside = not self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            state["epoch"], state["inside_epoch"] = self.trainer.current_epoch, inside
+            state["inside_epoch"], state["resume_epoch"] = self.resume_point()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -416,28 +416,41 @@ class ClassificationDataModule(LightningDataModule):
         self._class_names = list(saved or self._class_names or []) or None
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
         if fitting and "train_loader" in state_dict:
-            check_resumable(state_dict["training_draw"], self.training_draw(),
+            check_resumable(state_dict["training_data"], self.resume_settings(),
                             mid_epoch=state_dict["inside_epoch"])
             self._resume_inside = state_dict["inside_epoch"]
             self._train_loader_state = state_dict["train_loader"] if self._resume_inside else None
-            self._resume_epoch = state_dict["epoch"] + (0 if self._resume_inside else 1)
+            self._resume_epoch = state_dict["resume_epoch"]
 
-    def training_draw(self) -> dict[str, Any]:
-        """What this run's sequence of training batches depends on (datamodules.resume); worked
-        out once per run (it hashes the training split)."""
-        if self._training_draw is None:
-            self._training_draw = self.describe_training_draw()
-        return self._training_draw
+    def resume_point(self) -> tuple[bool, int]:
+        """Whether a checkpoint taken now is inside an epoch, and the epoch a run resumed from
+        it continues in. Lightning counts an epoch as processed just before
+        ``on_train_epoch_end`` (after its last batch and validation); after the last epoch
+        that count is the final one."""
+        trainer = self.trainer
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return True, trainer.current_epoch
+        epochs = trainer.fit_loop.epoch_progress.current  # (FitLoop.done would change them)
+        if trainer.max_epochs not in (None, -1) and epochs.processed >= trainer.max_epochs:
+            return False, epochs.processed
+        return False, epochs.completed + 1
 
-    def describe_training_draw(self) -> dict[str, Any]:
-        options = {"weighted": {"weight_column": self.weight_column},
-                   "subset_random": {"subset_fraction": self.subset_fraction}}.get(self.sampler, {})
-        workers = self.num_workers
-        if workers is None:
-            workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
-        return training_draw(self.source, self.split_tables["train"], self.sampler, options,
-                             self.batch_size, self.trainer.world_size if self.trainer else 1,
-                             workers)
+    def resume_settings(self) -> dict[str, Any]:
+        """The settings this run's sequence of training batches depends on
+        (:func:`datamodules.resume.training_data_settings`), worked out once per run: it
+        hashes the training split."""
+        if self._resume_settings is None:
+            options = {"weighted": {"weight_column": self.weight_column},
+                       "subset_random": {"subset_fraction": self.subset_fraction}
+                       }.get(self.sampler, {})
+            workers = self.num_workers
+            if workers is None:
+                workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
+            self._resume_settings = training_data_settings(
+                self.source, self.split_tables["train"], self.sampler, options,
+                seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), batch_size=self.batch_size,
+                processes=self.trainer.world_size if self.trainer else 1, num_workers=workers)
+        return self._resume_settings
 
 
 def targets_tensor(targets: np.ndarray | None, length: int) -> Tensor:

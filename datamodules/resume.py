@@ -8,9 +8,12 @@ Two gaps this fills:
   ``trainer.estimated_stepping_batches`` (OneCycle does), which builds the loader before the
   restore. The datamodule's own state is restored earlier, before any loader exists, so the
   loader's state is also kept there and handed to the loader when it is built.
+  (Strategies that restore after setup, such as FSDP and DeepSpeed, restore the datamodule
+  after ``configure_optimizers``: not covered.)
 * **A checkpoint from other data.** Lightning resumes any checkpoint into any data: a
-  different table, split or sampler would continue a draw that does not exist. The checkpoint
-  records what the draw depends on and a resume compares it first.
+  different table, split, sampler or seed would continue a sequence of batches that does not
+  exist. The checkpoint records the settings that sequence depends on, and a resume compares
+  them first.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -25,52 +29,68 @@ from datamodules.validation import DataError
 
 
 class ResumableLoader(StatefulDataLoader):
-    """torchdata's ``StatefulDataLoader`` (it records the position of the last batch handed to
-    training, not of those its workers prefetched) that can be told a restored position is not
-    needed: a run resumed from an epoch-end checkpoint starts a new epoch, and the finished
-    epoch's state, which Lightning restores too, may come from another number of workers or
-    processes, which ``StatefulDataLoader`` cannot load."""
+    """torchdata's ``StatefulDataLoader``, which records the position of the last batch handed to
+    training (not of those its workers prefetched), with a switch to ignore a loaded state.
 
-    keep_position = True
+    A run resumed from an epoch-end checkpoint starts a new epoch and needs no position.
+    Lightning restores the finished epoch's state anyway, and that state may come from another
+    number of workers or processes, which ``StatefulDataLoader`` cannot load.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accept_loaded_state = True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.keep_position:
+        if self.accept_loaded_state:
             super().load_state_dict(state_dict)
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:
-    """A short hash of the rows (values and order): equal for the same training split."""
-    digest = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    """A short hash of the rows (values and order): equal for the same training split.
+    Cells pandas cannot hash (arrays in a DataFrame column) are hashed by their bytes."""
+    columns = []
+    for name in table.columns:
+        try:
+            column = pd.util.hash_pandas_object(table[name], index=False)
+        except TypeError:
+            column = table[name].map(
+                lambda v: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
+            column = pd.util.hash_pandas_object(column, index=False)
+        columns.append(column.to_numpy())
+    digest = hashlib.sha256(b"".join(c.tobytes() for c in columns))
     return digest.hexdigest()[:12]
 
 
-def training_draw(source: str, train_table: pd.DataFrame, sampler: str,
-                  sampler_options: dict[str, Any], batch_size: int, processes: int,
-                  num_workers: int) -> dict[str, Any]:
-    """What a training epoch's sequence of batches depends on, as plain values."""
+def training_data_settings(source: str, train_table: pd.DataFrame, sampler: str,
+                           sampler_options: dict[str, Any], seed: int, batch_size: int,
+                           processes: int, num_workers: int) -> dict[str, Any]:
+    """The settings a training epoch's sequence of batches depends on, as plain values."""
     return {
         "data": source,
         "training rows": len(train_table),
         "training split": table_fingerprint(train_table),
         "sampler": sampler,
         **{f"sampler {name}": value for name, value in sampler_options.items()},
+        "seed": seed,
         "batch_size": batch_size,
         "processes": processes,
         "num_workers": num_workers,
     }
 
 
-# Must match for any resume: another table, split or sampler is another draw. The file's path
-# may change (data moved to another disk); its content may not.
+# Must match for any resume: another table, split or sampler is another sequence of batches.
+# The file's path may change (data moved to another disk); its content may not.
 SAME_DATA = ("training rows", "training split", "sampler")
-# Must match to continue inside an epoch (the saved position counts this rank's batches of
-# this size, made by this many loader processes); at an epoch boundary they may change.
-SAME_POSITION = ("batch_size", "processes", "num_workers")
+# Must match to continue inside an epoch: the saved position (batches handed out, the same
+# count on every rank) indexes this seed's order, in batches of this size, sharded over this
+# many processes and made by this many loader workers. At an epoch boundary they may change.
+SAME_POSITION = ("seed", "batch_size", "processes", "num_workers")
 
 
 def check_resumable(saved: dict[str, Any], now: dict[str, Any], mid_epoch: bool) -> None:
-    """Raise a one-line :class:`DataError` naming what differs between the checkpoint's draw
-    and this run's."""
+    """Raise a one-line :class:`DataError` naming what differs between the checkpoint's
+    settings and this run's."""
     data_keys = [k for k in saved if k in SAME_DATA or k.startswith("sampler ")]
     keys = data_keys + (list(SAME_POSITION) if mid_epoch else [])
     differ = [k for k in keys if saved.get(k) != now.get(k)]

@@ -122,9 +122,10 @@ def test_sigterm_inside_an_epoch_exits_143_refuses_other_data_and_resumes_exactl
     assert load(checkpoint)["global_step"] == 10  # step 9 finished, then the save
     before = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
 
-    # Bad input: a checkpoint from another sampler, or another batch size inside an epoch.
+    # Bad input: a checkpoint from another sampler; another batch size or seed inside an epoch.
     for option, change in [("--data.init_args.sampler=weighted", "sampler 'random' -> 'weighted'"),
-                           ("--data.init_args.batch_size=8", "batch_size 16 -> 8")]:
+                           ("--data.init_args.batch_size=8", "batch_size 16 -> 8"),
+                           ("--seed_everything=1", "seed 0 -> 1")]:
         refused = run_train_subprocess([*args, "--ckpt_path=last", option], cwd=tmp_path)
         assert refused.returncode == 2, output(refused)
         errors = [line for line in refused.stderr.splitlines() if "error:" in line]
