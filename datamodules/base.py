@@ -360,13 +360,17 @@ class ClassificationDataModule(LightningDataModule):
                                             **shard)
         raise ValueError(f"unknown sampler {self.sampler!r}")
 
+    def loader_workers(self) -> int:
+        """``num_workers``, or with ``None`` one per CPU shared by this node's ranks."""
+        if self.num_workers is None:
+            return default_num_workers(self.trainer.num_devices if self.trainer else 1)
+        return self.num_workers
+
     def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
-        """The training loader is a ``StatefulDataLoader`` (it saves its position); the others
+        """The training loader is ``train_loader_class`` (it saves its position); the others
         are plain ``DataLoader``s, which evaluation restarts from the start anyway."""
-        workers = self.num_workers
-        if workers is None:
-            workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
-        elif workers == 0:
+        workers = self.loader_workers()
+        if self.num_workers == 0:
             silence_more_workers_advice()
         # Each new loader iterator draws a base seed for its workers. From its own generator, not
         # torch's global one: otherwise every epoch (with num_workers=0 or non-persistent
@@ -443,13 +447,11 @@ class ClassificationDataModule(LightningDataModule):
             options = {"weighted": {"weight_column": self.weight_column},
                        "subset_random": {"subset_fraction": self.subset_fraction}
                        }.get(self.sampler, {})
-            workers = self.num_workers
-            if workers is None:
-                workers = default_num_workers(self.trainer.num_devices if self.trainer else 1)
             self._resume_settings = training_data_settings(
                 self.source, self.split_tables["train"], self.sampler, options,
                 seed=int(os.environ.get("PL_GLOBAL_SEED", 0)), batch_size=self.batch_size,
-                processes=self.trainer.world_size if self.trainer else 1, num_workers=workers)
+                processes=self.trainer.world_size if self.trainer else 1,
+                num_workers=self.loader_workers())
         return self._resume_settings
 
 
