@@ -35,7 +35,7 @@ from datamodules.samplers import (
     WeightedShardSampler,
     class_balanced_weights,
 )
-from datamodules.splits import stratified_split
+from datamodules.splits import stratified_folds, stratified_split
 from datamodules.stacked_batch import collate_stacked
 from datamodules.validation import DataError, DataValidationError, Problem
 
@@ -101,6 +101,11 @@ class ClassificationDataModule(LightningDataModule):
             the rest (only used without ``split_column``).
         split_seed: seed of that split, separate from the training seed so every training seed
             is scored on the same test set.
+        folds / fold: k-fold cross-validation (``sweep.py --folds K`` sets them): the rows
+            outside the test split are dealt into ``folds`` stratified folds (seeded by
+            ``split_seed``); fold number ``fold`` validates, the others train. The test split
+            is the same as without folds; ``val_fraction`` (or the split column's ``val``
+            rows, which join the folds) no longer applies.
         sampler: how training rows are drawn: ``random`` (a new permutation each epoch),
             ``sequential``, ``weighted`` (class-balanced, or by ``weight_column``) or
             ``subset_random`` (a fixed ``subset_fraction`` of rows, reshuffled each epoch). All
@@ -130,6 +135,8 @@ class ClassificationDataModule(LightningDataModule):
         test_fraction: float = 0.2,
         val_fraction: float = 0.1,
         split_seed: int = 0,
+        folds: int | None = None,
+        fold: int = 0,
         sampler: SamplerName = "random",
         weight_column: str | None = None,
         subset_fraction: float = 1.0,
@@ -146,6 +153,8 @@ class ClassificationDataModule(LightningDataModule):
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
         self.split_seed = split_seed
+        self.folds = folds
+        self.fold = fold
         self.sampler = sampler
         self.weight_column = weight_column
         self.subset_fraction = subset_fraction
@@ -275,7 +284,16 @@ class ClassificationDataModule(LightningDataModule):
         return kept
 
     def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Row positions per split: from the split column, or a stratified seeded split."""
+        """Row positions per split: from the split column, or a stratified seeded split; with
+        ``folds``, validation is fold ``fold`` of the rows outside the test split."""
+        if self.folds is None:
+            return self.fixed_split_rows(table)
+        rest, folds = self.fold_assignment(table)
+        return {"train": rest[folds != self.fold], "val": rest[folds == self.fold],
+                "test": self.fixed_split_rows(table)["test"]}
+
+    def fixed_split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The train/val/test split without folds."""
         if self.split_column:
             column = table[self.split_column].astype(str).str.strip().str.lower()
             unknown = sorted(set(column) - set(SPLITS))
@@ -287,6 +305,29 @@ class ClassificationDataModule(LightningDataModule):
         rest, test = stratified_split(labels, self.test_fraction, self.split_seed)
         train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
         return {"train": rest[train], "val": rest[val], "test": test}
+
+    def fold_assignment(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The rows outside the test split, and the fold of each (from ``split_seed``)."""
+        assert self.folds is not None
+        if not 0 <= self.fold < self.folds:
+            raise DataError(f"fold {self.fold} does not exist: folds are 0 to {self.folds - 1}")
+        fixed = self.fixed_split_rows(table)
+        rest = np.sort(np.concatenate([fixed["train"], fixed["val"]]))
+        labels = table[self.label_column].map(label_key).to_numpy()[rest]
+        try:
+            return rest, stratified_folds(labels, self.folds, self.split_seed + 1)
+        except ValueError as error:
+            raise DataError(f"{self.source}: {error} outside the test split") from None
+
+    def fold_table(self) -> pd.DataFrame:
+        """Where each row goes in cross-validation (``row`` in the checked table, its label,
+        ``part``: ``test`` or the number of the fold it validates in); sweep.py saves it."""
+        table, _ = self.table_and_splits()
+        rest, folds = self.fold_assignment(table)
+        part = np.full(len(table), "test", dtype=object)
+        part[rest] = [str(f) for f in folds]
+        return pd.DataFrame({"row": np.arange(len(table)),
+                             "label": table[self.label_column].map(label_key), "part": part})
 
     def check_labels_known(
         self, table: pd.DataFrame, split_rows: dict[str, np.ndarray], index: dict[str, int]

@@ -176,6 +176,12 @@ class ImageCSVDataModule(ClassificationDataModule):
     def required_columns(self) -> list[str]:
         return [self.path_column, *super().required_columns()]
 
+    def fold_table(self) -> pd.DataFrame:
+        """The base class's fold table with each row's image path."""
+        parts = super().fold_table()
+        parts.insert(1, self.path_column, self.table_and_splits()[0][self.path_column].to_numpy())
+        return parts
+
     def image_paths(self, table: pd.DataFrame) -> list[Path]:
         return [self.image_root / str(p) for p in table[self.path_column]]
 

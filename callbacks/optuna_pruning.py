@@ -1,0 +1,84 @@
+"""Report a run's validation metric to its Optuna trial each epoch, and stop the run when the
+study's pruner says the trial is not worth finishing.
+
+``sweep.py`` runs each trial as its own ``train.py`` process and adds this callback to it. It
+fills a gap of optuna-integration's ``PyTorchLightningPruningCallback``: that one needs the
+``Trial`` object of the process that calls ``study.optimize`` and raises ``TrialPruned`` out of
+``fit`` (a traceback and a failed run here); under DDP it needs a database storage. This one
+finds its trial in the study's storage by number, so it works in a separate process, with the
+journal file as well as a database, and under DDP: rank 0 reports and asks the pruner, every
+rank gets its answer, and all of them stop together at the end of the epoch, like a run that
+reached ``max_epochs``. The pruning is recorded in the trial (user attribute
+``pruned_at_epoch``), where ``sweep.py`` reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """A database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage; anything
+    else is the path of a journal file (Optuna's storage for several processes on one
+    machine, which it recommends over SQLite for that)."""
+    if "://" in storage:
+        # As a study wraps it (a cache of finished trials), so that the caller's calls on the
+        # storage and the study's own see the same trials.
+        return optuna.storages.get_storage(storage)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+
+
+class OptunaPruning(Callback):
+    """Args:
+        storage: the study's storage (see :func:`open_storage`).
+        study_name / trial: the study and the number of the trial this run is.
+        monitor: the validation metric reported (the trial's objective).
+        pruner: decides from the reports of all trials; Optuna's ``MedianPruner`` by default.
+        step_offset: added to the epoch to make the report's step, so that the folds of a
+            cross-validated trial report at different steps (fold k: k * max_epochs + epoch).
+    """
+
+    def __init__(self, storage: str, study_name: str, trial: int, monitor: str,
+                 pruner: optuna.pruners.BasePruner | None = None, step_offset: int = 0) -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.trial_number = trial
+        self.monitor = monitor
+        self.pruner = pruner if pruner is not None else optuna.pruners.MedianPruner()
+        self.step_offset = step_offset
+        self.pruned_at_epoch: int | None = None
+        self._trial: optuna.Trial | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and stage == "fit":
+            storage = open_storage(self.storage)
+            study = optuna.load_study(study_name=self.study_name, storage=storage,
+                                      pruner=self.pruner)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(self.study_name), self.trial_number)
+            self._trial = optuna.Trial(study, trial_id)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        prune = False
+        if self._trial is not None:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is not None:
+                step = self.step_offset + trainer.current_epoch
+                self._trial.report(float(value), step)
+                prune = self._trial.should_prune() or not math.isfinite(float(value))
+        if trainer.strategy.broadcast(prune, src=0):
+            self.pruned_at_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            if self._trial is not None:
+                self._trial.set_user_attr("pruned_at_epoch", trainer.current_epoch)
+            rank_zero_info(f"Optuna pruned trial {self.trial_number} after epoch "
+                           f"{trainer.current_epoch}: {self.monitor} is worse than the pruner "
+                           "allows at this point; the run stops here.")
