@@ -43,7 +43,6 @@ import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from callbacks.optuna_pruning import open_storage
 from configs.search_space import SearchSpaceError, command_line_value, load_search_space
 
 ROOT = Path(__file__).resolve().parent
@@ -131,21 +130,29 @@ def sample_overrides(space: dict[str, BaseDistribution]) -> list[list[str]]:
 def check_options(options: argparse.Namespace, train_args: list[str],
                   space: dict[str, BaseDistribution]) -> dict[str, Any]:
     """Everything the sweep will hand to train.py, checked by train.py's parser before any
-    trial runs; returns the resolved config of the first check."""
+    trial runs: the options alone, then with the values of the search space (a failure is
+    narrowed down to the option it comes from). Returns the options' resolved config."""
     fold_args = [f"--data.init_args.folds={options.folds}", "--data.init_args.fold=0"] \
         if options.folds else []
-    config: dict[str, Any] = {}
+    try:
+        config = resolved_config([*train_args, *fold_args])
+    except SweepError as error:
+        if fold_args and "fold" in str(error):
+            raise SweepError(f"--folds needs a datamodule with folds and fold arguments "
+                             f"(datamodules.base.ClassificationDataModule has them): {error}"
+                             ) from None
+        raise
     for overrides in sample_overrides(space):
         try:
-            resolved = resolved_config([*train_args, *fold_args, *overrides])
-        except SweepError as error:
-            where = f"{options.search}: " if options.search and overrides else ""
-            if fold_args and "fold" in str(error):
-                raise SweepError(f"--folds needs a datamodule with folds and fold arguments "
-                                 f"(datamodules.base.ClassificationDataModule has them): {error}"
-                                 ) from None
-            raise SweepError(f"{where}{error}") from None
-        config = config or resolved
+            resolved_config([*train_args, *fold_args, *overrides])
+        except SweepError:
+            for override in overrides:  # which one
+                try:
+                    resolved_config([*train_args, *fold_args, override])
+                except SweepError as error:
+                    raise SweepError(f"{options.search}: {override.removeprefix('--')}: "
+                                     f"{error}") from None
+            raise
     logger = config["trainer"].get("logger")
     if isinstance(logger, list) or (isinstance(logger, dict) and not {
             "save_dir", "name", "version"} <= set(logger.get("init_args") or {})):
@@ -224,7 +231,8 @@ def wait_for_plan(study: optuna.Study, seconds: float = 60.0) -> int:
     return int(study.user_attrs["planned"])
 
 
-def next_trial(study: optuna.Study, storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
+def next_trial(study: optuna.Study,
+               storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
     """The next queued trial, taken atomically (as ``Study.ask`` takes one, through the storage
     the study was created with); None when none is left. ``Study.ask`` would create a new trial
     when the queue is empty, and a planned sweep must not grow."""
@@ -352,10 +360,14 @@ class Sweep:
             if returncode != 0:
                 self.fail(trial, last_line or f"train.py exit status {returncode}", run)
                 return
-            if "pruned_at_epoch" in trial.user_attrs:
+            # Written by the run's OptunaPruning callback: read from the storage, not from the
+            # Trial object (it caches what this process has written).
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
+                                                                            trial.number)
+            pruned_at = self.storage.get_trial(trial_id).user_attrs.get("pruned_at_epoch")
+            if pruned_at is not None:
                 self.study.tell(trial, state=TrialState.PRUNED)
-                self.say(trial, "pruned", started, params,
-                         f"after epoch {trial.user_attrs['pruned_at_epoch']}"
+                self.say(trial, "pruned", started, params, f"after epoch {pruned_at}"
                          + (f" of fold {fold}" if folds else ""))
                 return
             summary = json.loads((self.folder / run / "summary.json").read_text())
@@ -517,6 +529,7 @@ def report(sweep: Sweep) -> None:
         return
     best = study.best_trial
     console.print(best_table(best, sweep))
+    print(f"Best run folder: {best.user_attrs.get('run_folder')}", flush=True)
     if sweep.space:
         write_best_config(best, sweep)
         save_plots(study, folder)
@@ -530,9 +543,7 @@ def best_table(best: optuna.trial.FrozenTrial, sweep: Sweep) -> Any:
 
     metrics: dict[str, list[float]] = best.user_attrs.get("metrics", {})
     folds: list[dict[str, float]] = best.user_attrs.get("fold_metrics", [])
-    table = Table(title=f"Best trial: {best.number}", title_justify="left",
-                  caption=f"run folder: {best.user_attrs.get('run_folder')}",
-                  caption_justify="left")
+    table = Table(title=f"Best trial: {best.number}", title_justify="left")
     table.add_column("metric")
     for fold in range(len(folds)):
         table.add_column(f"fold {fold}", justify="right")
@@ -596,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     except (SweepError, SearchSpaceError) as error:
         sys.stderr.write(f"sweep.py: error: {error}\n")
         return 2
+    from callbacks.optuna_pruning import open_storage  # imports Lightning
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     folder = (options.dir / options.name).resolve()
     storage_spec = options.storage or str(folder / "study.journal")

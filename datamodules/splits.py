@@ -56,6 +56,7 @@ def stratified_folds(labels: Sequence[object], folds: int, seed: int) -> np.ndar
     classes, counts = np.unique(labels, return_counts=True)
     if len(counts) and counts.min() < folds:
         smallest = classes[counts.argmin()]
+        smallest = smallest.item() if isinstance(smallest, np.generic) else smallest
         raise ValueError(f"{folds} folds, but class {smallest!r} has only {counts.min()} rows "
                          "to spread over them")
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == value))

@@ -87,6 +87,43 @@ def read_events(run: Path) -> Any:
     return events
 
 
+# A user's own LightningModule, as a user would write it outside the project: its own metric
+# names, lazy layers, num_classes in __init__, no test_step or predict_step (the README shows it).
+MY_MODULE = '''
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+
+class MyModule(LightningModule):
+    def __init__(self, num_classes: int, hidden: int = 32, lr: float = 3e-3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+        self.val_acc = MulticlassAccuracy(num_classes)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.val_acc(self(x), y)
+        self.log("val_acc", self.val_acc)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+'''
+
+
 def base_args(digits_root: Path, logs: Path) -> list[str]:
     """Options that point a run at the test's data and log folders."""
     return [
@@ -129,6 +166,16 @@ def run_train_subprocess(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+def start_sweep(args: list[str], cwd: Path, extra_path: Path | None = None
+                ) -> subprocess.Popen[str]:
+    """Start ``python sweep.py ARGS`` as a user would (its own process; output captured)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = pythonpath_with(REPO, *([extra_path] if extra_path else []))
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.Popen([sys.executable, str(REPO / "sweep.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def run_module_subprocess(

@@ -12,41 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import REPO, run_module_subprocess, run_train_subprocess
-
-MY_MODULE = '''
-import torch
-import torch.nn.functional as F
-from lightning import LightningModule
-from torch import nn
-from torchmetrics.classification import MulticlassAccuracy
-
-
-class MyModule(LightningModule):
-    def __init__(self, num_classes: int, hidden: int = 32, lr: float = 3e-3):
-        super().__init__()
-        self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(hidden), nn.ReLU(),
-                                 nn.Linear(hidden, num_classes))
-        self.val_acc = MulticlassAccuracy(num_classes)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.val_acc(self(x), y)
-        self.log("val_acc", self.val_acc)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-'''
+from tests.conftest import MY_MODULE, REPO, run_module_subprocess, run_train_subprocess
 
 
 def test_the_readme_shows_this_module() -> None:

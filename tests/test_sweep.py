@@ -1,0 +1,335 @@
+"""sweep.py: Optuna sweeps and k-fold cross-validation over train.py's own configs, run as a
+user runs them (real sweep.py and train.py processes, the real study storage, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from configs.search_space import SearchSpaceError, load_search_space
+from datamodules.splits import stratified_folds
+from tests.conftest import MY_MODULE, base_args, run_train_subprocess, start_sweep
+
+TINY = ["--max_epochs=3", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=4",
+        "--trainer.enable_checkpointing=true"]
+# max_lr down to 1e-7 is a deliberately bad range: such a trial hardly learns in 3 epochs.
+SEARCH = """
+model.init_args.scheduler.init_args.max_lr: {float: [1.0e-7, 3.0e-2], log: true}
+model.init_args.backbone.init_args.dropout: {categorical: [0.0, 0.2]}
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that ran to an end (not the ones a stopped sweep interrupted)."""
+    return [t for t in study.get_trials() if t.state.is_finished()
+            and "interrupted" not in t.user_attrs]
+
+
+def journal_study(folder: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "study.journal")))
+    return optuna.load_study(study_name=folder.name, storage=storage)
+
+
+def communicate(process: subprocess.Popen[str], timeout: float = 600) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+# -- the pieces ------------------------------------------------------------------------------
+def test_folds_are_stratified_and_differ_by_at_most_one_row() -> None:
+    labels = np.array([0] * 50 + [1] * 31 + [2] * 7)
+    folds = stratified_folds(labels, 3, seed=5)
+    sizes = np.bincount(folds)
+    assert sizes.max() - sizes.min() <= 1
+    for label in (0, 1, 2):
+        per_class = np.bincount(folds[labels == label], minlength=3)
+        assert per_class.max() - per_class.min() <= 1
+    assert (stratified_folds(labels, 3, seed=5) == folds).all()  # from the seed alone
+    assert (stratified_folds(labels, 3, seed=6) != folds).any()
+    with pytest.raises(ValueError, match="class 2 has only 7 rows"):
+        stratified_folds(labels, 8, seed=0)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("lr: {float: [0.1, 0.01]}", "lr: empty range"),
+    ("lr: {float: [0, 1], log: true}", "lr: log: true needs low > 0"),
+    ("lr: {uniform: [0, 1]}", "lr: expected exactly one of float, int, categorical"),
+    ("lr: {categorical: []}", "lr: categorical needs a non-empty list"),
+    ("width: {int: [8, 64.5]}", "width: int needs \\[low, high\\]"),
+])
+def test_search_space_rejects_a_bad_entry(tmp_path: Path, spec: str, message: str) -> None:
+    with pytest.raises(SearchSpaceError, match=message):
+        load_search_space(write(tmp_path / "s.yaml", spec))
+
+
+@pytest.mark.parametrize(("case", "named"), [
+    ("unknown key", "model.init_args.optimizer.init_args.momentum_typo=0.1"),
+    ("empty range", "empty range [0.01, 0.01]"),
+    ("one fold", "--folds 1: cross-validation needs at least 2 folds"),
+    ("more folds than rows of a class", "--folds 200: "),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+        run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str], case: str,
+        named: str) -> None:
+    import sweep
+
+    search = {"unknown key": "model.init_args.optimizer.init_args.momentum_typo: "
+                             "{float: [0.1, 0.9]}",
+              "empty range": "model.init_args.optimizer.init_args.lr: {float: [0.01, 0.01]}"}
+    args = [*base_args(digits_root, run_dir / "logs"), "--dir", str(run_dir / "sweeps")]
+    if case in search:
+        args += ["--search", str(write(run_dir / "search.yaml", search[case]))]
+    else:
+        args += ["--folds", "1" if case == "one fold" else "200"]
+    assert sweep.main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("sweep.py: error: ") and "\n" not in error, error
+    assert named in error
+    assert not (run_dir / "sweeps").exists() and not (run_dir / "logs").exists()
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sweep_prunes_a_bad_range_and_best_config_reproduces_the_best_trial(
+        run_dir: Path, digits_root: Path) -> None:
+    search = write(run_dir / "search.yaml", SEARCH)
+    output = communicate(start_sweep(
+        [*base_args(digits_root, run_dir / "logs"), *TINY, "--search", str(search),
+         "--trials=4", "--startup_trials=1", "--warmup_epochs=1", "--sampler=random",
+         "--sampler_seed=6", "--dir", "sweeps"], cwd=run_dir))
+    folder = run_dir / "sweeps" / "search"
+    study = journal_study(folder)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4  # distinct values
+    states = [t.state for t in trials]
+    assert optuna.trial.TrialState.PRUNED in states, output
+    assert optuna.trial.TrialState.COMPLETE in states
+    for trial in trials:  # each one a real run, its values in its config
+        run = Path(trial.user_attrs["run_folder"])
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        lr = trial.params["model.init_args.scheduler.init_args.max_lr"]
+        assert config["model"]["init_args"]["scheduler"]["init_args"]["max_lr"] == lr
+        assert list((run / "checkpoints").glob("*.ckpt"))
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert "pruned trial" in (run / "train.log").read_text()
+    best = study.best_trial
+    assert f"Best trial: {best.number}" in output
+    assert f"Best run folder: {best.user_attrs['run_folder']}" in output
+    for name in ("history.png", "importances.png", "trials.csv"):
+        assert (folder / name).stat().st_size > 0
+
+    # best_config.yaml alone, through train.py, trains to the best trial's validation loss.
+    result = run_train_subprocess(["--config", str(folder / "best_config.yaml"),
+                                   "--trainer.logger.init_args.save_dir=again"], cwd=run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(next((run_dir / "again").rglob("summary.json")).read_text())
+    assert summary["best_score"] == pytest.approx(best.value, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_run_exactly_the_planned_trials(
+        run_dir: Path, digits_root: Path) -> None:
+    search = write(run_dir / "search.yaml", SEARCH)
+    command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=1",
+               "--search", str(search), "--trials=4", "--dir", "sweeps"]
+    processes = [start_sweep(command, cwd=run_dir) for _ in range(2)]
+    for process in processes:
+        communicate(process)
+    trials = journal_study(run_dir / "sweeps" / "search").get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state.is_finished() for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2  # both processes ran trials
+
+
+def run_as_postgres_user() -> list[str]:
+    """Commands that start PostgreSQL: it refuses to run as root."""
+    if os.geteuid() != 0:
+        return []
+    for user in ("postgres", "nobody"):
+        if shutil.which("runuser") and subprocess.run(["id", user], capture_output=True
+                                                      ).returncode == 0:
+            return ["runuser", "-u", user, "--"]
+    pytest.skip("running as root, and no user to run PostgreSQL as")
+    return []
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster in a temporary folder (Unix socket, own port), stopped
+    and removed afterwards."""
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    as_user = run_as_postgres_user()
+    folder = Path(tempfile.mkdtemp(prefix="sweep-pg-"))
+    if as_user:
+        shutil.chown(folder, user=as_user[2])
+    port = 20000 + os.getpid() % 20000
+    data = folder / "data"
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True)  # noqa: E731
+    try:
+        run("initdb", "-D", str(data), "-A", "trust", "-U", "sweep")
+        run("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-o",
+            f"-k {folder} -p {port} -c listen_addresses=''", "start")
+        run("psql", "-h", str(folder), "-p", str(port), "-U", "sweep", "-d", "postgres",
+            "-c", "CREATE DATABASE optuna")
+        yield f"postgresql://sweep@/optuna?host={folder}&port={port}"
+    finally:
+        subprocess.run([*as_user, "pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_two_machines_share_one_postgresql_study(
+        run_dir: Path, digits_root: Path, postgres_url: str) -> None:
+    search = write(run_dir / "search.yaml", SEARCH)
+    command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=1",
+               "--search", str(search), "--trials=4", "--storage", postgres_url,
+               "--name", "shared"]
+    # Two "machines": each its own sweep folder for its runs, one study in the database.
+    machines = [start_sweep([*command, "--dir", f"machine{i}"], cwd=run_dir) for i in (0, 1)]
+    outputs = [communicate(machine) for machine in machines]
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    best = min(trials, key=lambda t: t.value)
+    assert study.best_trial.number == best.number
+    assert any(f"Best trial: {best.number}" in output for output in outputs)
+    for trial in trials:  # each run is in the folder of the machine that ran it
+        assert (Path(trial.user_attrs["run_folder"]) / "summary.json").is_file()
+    assert {Path(t.user_attrs["run_folder"]).parent.parent.name for t in trials} == {
+        "machine0", "machine1"}
+
+
+def processes_with(text: str) -> list[Path]:
+    """The running processes whose command line contains ``text`` (Linux)."""
+    found = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in (process / "cmdline").read_bytes():
+                found.append(process)
+        except OSError:
+            continue  # ended meanwhile
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_a_killed_sweep_continues_where_it_stopped(run_dir: Path, digits_root: Path) -> None:
+    search = write(run_dir / "search.yaml", SEARCH)
+    command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=2",
+               "--search", str(search), "--trials=3", "--pruner=none", "--dir", "sweeps"]
+    folder = run_dir / "sweeps" / "search"
+    first = start_sweep(command, cwd=run_dir)
+    deadline = time.monotonic() + 300
+    while not (folder / "trial_0001" / "train.log").is_file():  # trial 1 has started
+        assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # The trial's train.py gets SIGTERM from the kernel, saves last.ckpt and stops.
+    deadline = time.monotonic() + 60
+    while processes_with("trial_0001"):
+        assert time.monotonic() < deadline, "the killed sweep left its trial running"
+        time.sleep(0.5)
+    assert (folder / "trial_0001" / "checkpoints" / "last.ckpt").is_file()
+
+    output = communicate(start_sweep(command, cwd=run_dir))
+    assert "trial 1: interrupted" in output
+    study = journal_study(folder)
+    ran = finished(study)
+    assert len(ran) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in ran)
+    interrupted = [t for t in study.get_trials() if "interrupted" in t.user_attrs]
+    assert [t.number for t in interrupted] == [1]
+    retry = next(t for t in ran if t.user_attrs.get("retry_of") == 1)
+    assert retry.params == interrupted[0].params  # the same values, run again
+    assert 0 in {t.number for t in ran}  # trial 0, finished before the kill, was not rerun
+    assert sum(t.user_attrs.get("retry_of") is not None for t in ran) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_trials_report_and_stop_together(run_dir: Path, digits_root: Path) -> None:
+    # The second trial's learning rate is far too low: the pruner stops it on both ranks.
+    search = write(run_dir / "search.yaml",
+                   "model.init_args.scheduler.init_args.max_lr: {categorical: [0.01, 1.0e-7]}")
+    output = communicate(start_sweep(
+        [*base_args(digits_root, run_dir / "logs"), *TINY, "--devices=2", "--search",
+         str(search), "--trials=2", "--startup_trials=1", "--warmup_epochs=1",
+         "--sampler=random", "--sampler_seed=10", "--dir", "sweeps"], cwd=run_dir))
+    trials = journal_study(run_dir / "sweeps" / "search").get_trials()
+    by_lr = {t.params["model.init_args.scheduler.init_args.max_lr"]: t for t in trials}
+    assert set(by_lr) == {0.01, 1.0e-7}, output
+    good, bad = by_lr[0.01], by_lr[1.0e-7]
+    assert good.number == 0 and good.state == optuna.trial.TrialState.COMPLETE
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    log = (Path(bad.user_attrs["run_folder"]) / "train.log").read_text()
+    summary = json.loads((Path(bad.user_attrs["run_folder"]) / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2  # stopped after epoch 1
+    assert "pruned trial 1 after epoch 1" in log
+
+
+# -- cross-validation ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cross_validation_of_an_own_module(run_dir: Path, digits_root: Path) -> None:
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    (run_dir / "my_pkg.py").write_text(MY_MODULE)
+    data = ["--data=datamodules.image_csv.ImageCSVDataModule",
+            f"--data.init_args.annotations={digits_root / 'labels.csv'}",
+            "--data.init_args.read_mode=GRAY", "--data.init_args.num_workers=0"]
+    output = communicate(start_sweep(
+        [*data, "--model=my_pkg.MyModule", "--checkpoint.monitor=val_acc",
+         "--checkpoint.mode=max", "--max_epochs=2", "--trainer.limit_train_batches=10",
+         "--folds=3", "--dir", "sweeps"], cwd=run_dir, extra_path=run_dir))
+    folder = run_dir / "sweeps" / "cv3"
+    runs = sorted((folder / "trial_0000").glob("fold_*"))
+    assert [run.name for run in runs] == ["fold_0", "fold_1", "fold_2"]
+
+    # Each fold's own saved config gives the rows it validated and tested on.
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=LightningDataModule)
+    val, test = [], []
+    for run in runs:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        datamodule = parser.instantiate_classes(
+            parser.parse_object({"data": config["data"]})).data
+        datamodule.setup("fit")
+        val.append(set(datamodule.split_tables["val"]["path"]))
+        test.append(set(datamodule.split_tables["test"]["path"]))
+    assert max(map(len, val)) - min(map(len, val)) <= 1
+    assert not (val[0] & val[1] or val[0] & val[2] or val[1] & val[2])
+    assert test[0] == test[1] == test[2] and not test[0] & set().union(*val)
+    parts = pd.read_csv(folder / "folds.csv")
+    assert set(parts[parts.part == "test"].path) == test[0]
+    for fold in range(3):
+        assert set(parts[parts.part == str(fold)].path) == val[fold]
+
+    scores = [json.loads((run / "summary.json").read_text())["best_score"] for run in runs]
+    mean, std = np.mean(scores), np.std(scores, ddof=1)
+    assert f"{mean:.4f} ± {std:.4f}" in output
+    assert "fold 2" in output
