@@ -165,19 +165,26 @@ def check_options(options: argparse.Namespace, train_args: list[str],
     return config
 
 
-def fold_table(config: dict[str, Any], folds: int) -> Any:
-    """The cross-validation folds of the configured data (its ``fold_table``), which also checks
-    that every class has enough rows for the folds."""
+def datamodule_from(data: dict[str, Any]) -> Any:
+    """The datamodule a config's ``data`` section (class_path + init_args) describes."""
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
-    from datamodules.validation import DataError
-
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--data", type=LightningDataModule)
+    # ``instantiate`` replaced ``instantiate_classes`` in jsonargparse 4.49.
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    return instantiate(parser.parse_object({"data": data})).data
+
+
+def fold_table(config: dict[str, Any], folds: int) -> Any:
+    """The cross-validation folds of the configured data (its ``fold_table``), which also checks
+    that every class has enough rows for the folds."""
+    from datamodules.validation import DataError
+
     data = json.loads(json.dumps(config["data"]))
     data["init_args"] = {**data.get("init_args", {}), "folds": folds, "fold": 0}
-    datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    datamodule = datamodule_from(data)
     try:
         datamodule.prepare_data()
         return datamodule.fold_table()

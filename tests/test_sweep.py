@@ -245,9 +245,10 @@ def test_a_killed_sweep_continues_where_it_stopped(run_dir: Path, digits_root: P
     folder = run_dir / "sweeps" / "search"
     first = start_sweep(command, cwd=run_dir)
     deadline = time.monotonic() + 300
-    while not (folder / "trial_0001" / "train.log").is_file():  # trial 1 has started
+    while not (folder / "trial_0001" / "config.yaml").is_file():  # trial 1 is training
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
         time.sleep(0.2)
+    time.sleep(1)
     first.send_signal(signal.SIGKILL)
     first.wait()
     # The trial's train.py gets SIGTERM from the kernel, saves last.ckpt and stops.
@@ -295,8 +296,7 @@ def test_ddp_trials_report_and_stop_together(run_dir: Path, digits_root: Path) -
 # -- cross-validation ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cross_validation_of_an_own_module(run_dir: Path, digits_root: Path) -> None:
-    from jsonargparse import ArgumentParser
-    from lightning.pytorch import LightningDataModule
+    from sweep import datamodule_from
 
     (run_dir / "my_pkg.py").write_text(MY_MODULE)
     data = ["--data=datamodules.image_csv.ImageCSVDataModule",
@@ -311,13 +311,10 @@ def test_cross_validation_of_an_own_module(run_dir: Path, digits_root: Path) -> 
     assert [run.name for run in runs] == ["fold_0", "fold_1", "fold_2"]
 
     # Each fold's own saved config gives the rows it validated and tested on.
-    parser = ArgumentParser()
-    parser.add_argument("--data", type=LightningDataModule)
     val, test = [], []
     for run in runs:
         config = yaml.safe_load((run / "config.yaml").read_text())
-        datamodule = parser.instantiate_classes(
-            parser.parse_object({"data": config["data"]})).data
+        datamodule = datamodule_from(config["data"])
         datamodule.setup("fit")
         val.append(set(datamodule.split_tables["val"]["path"]))
         test.append(set(datamodule.split_tables["test"]["path"]))
