@@ -154,11 +154,14 @@ def check_options(options: argparse.Namespace, train_args: list[str],
                                      f"{error}") from None
             raise
     logger = config["trainer"].get("logger")
+    if not logger:
+        raise SweepError("trainer.logger is off: sweep.py reads each run's summary.json from "
+                         "its log folder; keep a logger (TensorBoardLogger or CSVLogger)")
     if isinstance(logger, list) or (isinstance(logger, dict) and not {
             "save_dir", "name", "version"} <= set(logger.get("init_args") or {})):
         raise SweepError("trainer.logger: sweep.py places each trial's run with the logger's "
-                         "save_dir, name and version (TensorBoardLogger, CSVLogger) or without "
-                         "a logger; this one has no such arguments")
+                         "save_dir, name and version (TensorBoardLogger, CSVLogger); this one "
+                         "has no such arguments")
     if not (config.get("checkpoint") or {}).get("monitor"):
         raise SweepError("checkpoint.monitor is null: the sweep's objective is the monitored "
                          "validation metric; set --checkpoint.monitor and --checkpoint.mode")
@@ -400,11 +403,10 @@ class Sweep:
         if fold is not None:
             args += [f"--data.init_args.folds={self.options.folds}",
                      f"--data.init_args.fold={fold}"]
-        args.append(f"--trainer.default_root_dir={self.folder / run}")
-        if self.config["trainer"].get("logger"):
-            args += [f"--trainer.logger.init_args.save_dir={self.folder.parent}",
-                     f"--trainer.logger.init_args.name={self.folder.name}",
-                     f"--trainer.logger.init_args.version={run}"]
+        args += [f"--trainer.default_root_dir={self.folder / run}",
+                 f"--trainer.logger.init_args.save_dir={self.folder.parent}",
+                 f"--trainer.logger.init_args.name={self.folder.name}",
+                 f"--trainer.logger.init_args.version={run}"]
         if self.options.pruner != "none":
             epochs = self.config["trainer"].get("max_epochs") or 0
             pruning = {"class_path": "callbacks.optuna_pruning.OptunaPruning", "init_args": {
@@ -429,7 +431,8 @@ class Sweep:
             if self.stopping.is_set():
                 return 143, ""
             child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=die_with_parent)
+                                     env=self.trial_environment(), start_new_session=True,
+                                     preexec_fn=die_with_parent)
             self.children.add(child)
         returncode = child.wait()
         with self.lock:
@@ -437,6 +440,17 @@ class Sweep:
         lines = (run_dir / "train.log").read_text(errors="replace").splitlines()
         errors = [line for line in lines if "error:" in line or "Error" in line]
         return returncode, (errors or lines or [""])[-1].strip()
+
+    def trial_environment(self) -> dict[str, str]:
+        """With ``--jobs N``, each trial's torch gets 1/N of the CPUs for its threads (torch
+        takes them all by default, and N trials would fight over them), unless the user set
+        OMP_NUM_THREADS."""
+        env = dict(os.environ)
+        if self.options.jobs > 1 and "OMP_NUM_THREADS" not in env:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+            env["OMP_NUM_THREADS"] = str(max(1, cpus // self.options.jobs))
+        return env
 
     # -- ends ---------------------------------------------------------------------------------
     def fail(self, trial: optuna.Trial, why: str, run: str = "") -> None:
@@ -495,7 +509,7 @@ def mean_and_std(runs: list[dict[str, float]]) -> dict[str, list[float]]:
 
 
 # -- results -----------------------------------------------------------------------------------
-def report(sweep: Sweep) -> None:
+def report(sweep: Sweep) -> bool:
     """The table of trials, the best trial's metrics and run folder (per fold with --folds);
     trials.csv, best_config.yaml and the plots in the study folder."""
     from rich.console import Console
@@ -533,7 +547,7 @@ def report(sweep: Sweep) -> None:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         print(f"No trial completed. Runs and their train.log: {folder}", flush=True)
-        return
+        return False
     best = study.best_trial
     console.print(best_table(best, sweep))
     print(f"Best run folder: {best.user_attrs.get('run_folder')}", flush=True)
@@ -543,6 +557,7 @@ def report(sweep: Sweep) -> None:
     print(f"Study folder: {folder} (trials.csv"
           + (", best_config.yaml, *.png)" if sweep.space else ")")
           + f"; tensorboard --logdir {folder}", flush=True)
+    return True
 
 
 def best_table(best: optuna.trial.FrozenTrial, sweep: Sweep) -> Any:
@@ -641,8 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     if sweep.stopping.is_set():
         print("sweep.py: stopped; the same command continues the study", file=sys.stderr)
         return 143
-    report(sweep)
-    return 0
+    return 0 if report(sweep) else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import yaml
 
 from configs.search_space import SearchSpaceError, load_search_space
 from datamodules.splits import stratified_folds
-from tests.conftest import MY_MODULE, base_args, run_train_subprocess, start_sweep
+from tests.conftest import MY_MODULE, REPO, base_args, run_train_subprocess, start_sweep
 
 TINY = ["--max_epochs=3", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=4",
         "--trainer.enable_checkpointing=true"]
@@ -106,6 +106,27 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert error.startswith("sweep.py: error: ") and "\n" not in error, error
     assert named in error
     assert not (run_dir / "sweeps").exists() and not (run_dir / "logs").exists()
+
+
+def readme_search_space() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("```yaml", text.index("**The search space**")) + len("```yaml")
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.parametrize("source", ["README", "configs/search/digits.yaml"])
+def test_the_shipped_search_spaces_pass_train_py_s_parser(
+        run_dir: Path, digits_root: Path, source: str) -> None:
+    import sweep
+
+    path = (write(run_dir / "readme.yaml", readme_search_space()) if source == "README"
+            else REPO / source)
+    space = load_search_space(path)
+    assert len(space) >= 4
+    options, train_args = sweep.parse_options(["--search", str(path),
+                                               *base_args(digits_root, run_dir / "logs")])
+    config = sweep.check_options(options, train_args, space)  # every choice and range end
+    assert config["checkpoint"]["monitor"] == "val/loss"
 
 
 # -- sweeps ----------------------------------------------------------------------------------
