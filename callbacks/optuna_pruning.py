@@ -15,28 +15,18 @@ reached ``max_epochs``. The pruning is recorded in the trial (user attribute
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import optuna
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-
-def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """A database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage; anything
-    else is the path of a journal file (Optuna's storage for several processes on one
-    machine, which it recommends over SQLite for that)."""
-    if "://" in storage:
-        # As a study wraps it (a cache of finished trials), so that the caller's calls on the
-        # storage and the study's own see the same trials.
-        return optuna.storages.get_storage(storage)
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+from sweeps.study import open_storage
 
 
 class OptunaPruning(Callback):
     """Args:
-        storage: the study's storage (see :func:`open_storage`).
+        storage: the study's storage: a database URL or a journal file
+            (:func:`sweeps.study.open_storage`).
         study_name / trial: the study and the number of the trial this run is.
         monitor: the validation metric reported (the trial's objective).
         pruner: decides from the reports of all trials; Optuna's ``MedianPruner`` by default.

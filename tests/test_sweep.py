@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from configs.search_space import SearchSpaceError, load_search_space
 from datamodules.splits import stratified_folds
+from sweeps.search_space import SearchSpaceError, load_search_space
 from tests.conftest import MY_MODULE, REPO, base_args, run_train_subprocess, start_sweep
 
 TINY = ["--max_epochs=3", "--trainer.limit_train_batches=12", "--trainer.limit_val_batches=4",
@@ -314,10 +314,30 @@ def test_ddp_trials_report_and_stop_together(run_dir: Path, digits_root: Path) -
     assert "pruned trial 1 after epoch 1" in log
 
 
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(
+        run_dir: Path, digits_root: Path) -> None:
+    # The first trial's learning rate makes the loss non-finite: train.py stops it (exit 1).
+    search = write(run_dir / "search.yaml",
+                   "model.init_args.scheduler.init_args.max_lr: {categorical: [1.0e+12, 0.01]}")
+    output = communicate(start_sweep(
+        [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=1", "--search",
+         str(search), "--trials=2", "--sampler=random", "--sampler_seed=10", "--dir", "sweeps"],
+        cwd=run_dir))
+    failed, good = journal_study(run_dir / "sweeps" / "search").get_trials()
+    assert failed.params["model.init_args.scheduler.init_args.max_lr"] == 1.0e12, output
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert "training loss is" in failed.user_attrs["error"]
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert "trial 0 failed" in output and "Best trial: 1" in output
+    record = json.loads((run_dir / "sweeps" / "search" / "trial_0000" / "trial.json").read_text())
+    assert record["trial"] == 0 and record["params"] == failed.params
+
+
 # -- cross-validation ------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cross_validation_of_an_own_module(run_dir: Path, digits_root: Path) -> None:
-    from sweep import datamodule_from
+    from sweeps.train_config import datamodule_from
 
     (run_dir / "my_pkg.py").write_text(MY_MODULE)
     data = ["--data=datamodules.image_csv.ImageCSVDataModule",

@@ -1,0 +1,239 @@
+"""Running a sweep's trials: ``jobs`` worker threads, each taking the next queued trial and
+running it as ``python train.py fit ...`` processes (one per fold), until the queue is empty.
+
+A trial is a process of its own, not a function call: DDP re-executes the script it runs in,
+a crash or a leak stays in that process, and ``command.txt`` in its run folder reruns it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from sweeps.search_space import command_line_value
+from sweeps.study import next_trial, requeue, requeue_stale_trials, suggest, worker_name
+
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
+
+
+class Sweep:
+    """This process's part of a sweep: ``jobs`` worker threads, each taking the next queued
+    trial and running it as train.py processes (one per fold), until the queue is empty."""
+
+    def __init__(self, options: argparse.Namespace, train_args: list[str],
+                 space: dict[str, BaseDistribution], config: dict[str, Any],
+                 storage: optuna.storages.BaseStorage, storage_spec: str,
+                 study: optuna.Study, folder: Path) -> None:
+        self.options, self.train_args, self.space = options, train_args, space
+        self.config, self.storage, self.storage_spec = config, storage, storage_spec
+        self.study, self.folder = study, folder
+        self.monitor = config["checkpoint"]["monitor"]
+        self.stopping = threading.Event()
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.study_id = storage.get_study_id_from_name(study.study_name)
+
+    # -- workers ------------------------------------------------------------------------------
+    def run(self) -> None:
+        requeue_stale_trials(self.study, self.storage)
+        workers = [threading.Thread(target=self.worker, daemon=True)
+                   for _ in range(self.options.jobs)]
+        for worker in workers:
+            worker.start()
+            time.sleep(0.5)  # staggered: the workers' first samples see each other's trials
+        for worker in workers:
+            while worker.is_alive():  # short joins: signals reach the main thread meanwhile
+                worker.join(timeout=0.5)
+
+    def worker(self) -> None:
+        while not self.stopping.is_set():
+            trial = next_trial(self.study, self.storage)
+            if trial is None:
+                return
+            try:
+                self.run_trial(trial)
+            except Exception as error:  # one trial's problem (a full disk, a
+                # storage hiccup) fails that trial; the sweep goes on with the next one.
+                print(f"trial {trial.number}: sweep.py error: {error!r}", flush=True)
+                with contextlib.suppress(Exception):  # unless the trial had already ended
+                    self.fail(trial, f"sweep.py: {type(error).__name__}: {error}")
+
+    def stop(self, signum: int, frame: Any) -> None:
+        """Ctrl+C or SIGTERM: stop every running trial (train.py saves its last.ckpt); they are
+        queued again for the next run of the command."""
+        self.stopping.set()
+        with self.lock:
+            for child in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGTERM)
+
+    # -- one trial ----------------------------------------------------------------------------
+    def run_trial(self, trial: optuna.Trial) -> None:
+        trial.set_user_attr("worker", worker_name())
+        params = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
+        started = time.perf_counter()
+        folds = self.options.folds
+        scores, metrics = [], []
+        for fold in range(folds or 1):
+            run = f"trial_{trial.number:04d}" + (f"/fold_{fold}" if folds else "")
+            if fold == 0:
+                trial.set_user_attr("run_folder", str(self.folder / run.split("/")[0]))
+            returncode, last_line = self.train(trial.number, params, run, fold if folds else None)
+            if returncode != 0 and self.stopping.is_set():
+                requeue(self.study, self.storage, trial.number, params,
+                        "the sweep was stopped during it")
+                return
+            if returncode != 0:
+                self.fail(trial, last_line or f"train.py exit status {returncode}", run)
+                return
+            # Written by the run's OptunaPruning callback: read from the storage, not from the
+            # Trial object (it caches what this process has written).
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id,
+                                                                            trial.number)
+            pruned_at = self.storage.get_trial(trial_id).user_attrs.get("pruned_at_epoch")
+            if pruned_at is not None:
+                self.study.tell(trial, state=TrialState.PRUNED)
+                self.say(trial, "pruned", started, params, f"after epoch {pruned_at}"
+                         + (f" of fold {fold}" if folds else ""))
+                return
+            summary = json.loads((self.folder / run / "summary.json").read_text())
+            if summary.get("best_score") is None:
+                self.fail(trial, f"the run logged no {self.monitor!r}", run)
+                return
+            scores.append(summary["best_score"])
+            metrics.append(summary.get("best_epoch_metrics") or {})
+        trial.set_user_attr("metrics", mean_and_std(metrics))
+        if folds:
+            trial.set_user_attr("fold_metrics", metrics)
+        self.study.tell(trial, sum(scores) / len(scores))
+        self.say(trial, "complete", started, params,
+                 f"{self.monitor} {sum(scores) / len(scores):.4f}" + (
+                     f" (mean of {folds} folds)" if folds else ""))
+
+    def trial_args(self, number: int, params: dict[str, Any], run: str,
+                   fold: int | None) -> list[str]:
+        """train.py's options for one run of a trial: the sweep's, the trial's values, where the
+        run goes, and (with a pruner) the callback that reports to the trial."""
+        args = [*self.train_args]
+        args += [f"--{name}={command_line_value(value)}" for name, value in params.items()]
+        if fold is not None:
+            args += [f"--data.init_args.folds={self.options.folds}",
+                     f"--data.init_args.fold={fold}"]
+        args += [f"--trainer.default_root_dir={self.folder / run}",
+                 f"--trainer.logger.init_args.save_dir={self.folder.parent}",
+                 f"--trainer.logger.init_args.name={self.folder.name}",
+                 f"--trainer.logger.init_args.version={run}"]
+        if self.options.pruner != "none":
+            epochs = self.config["trainer"].get("max_epochs") or 0
+            pruning = {"class_path": "callbacks.optuna_pruning.OptunaPruning", "init_args": {
+                "storage": self.storage_spec, "study_name": self.study.study_name,
+                "trial": number, "monitor": self.monitor,
+                "step_offset": (fold or 0) * max(epochs, 1000 if epochs <= 0 else epochs),
+                "pruner": {"class_path": "optuna.pruners.MedianPruner", "init_args": {
+                    "n_startup_trials": self.options.startup_trials,
+                    "n_warmup_steps": self.options.warmup_epochs}}}}
+            args.append(f"--trainer.callbacks+={json.dumps(pruning)}")
+        return args
+
+    def train(self, number: int, params: dict[str, Any], run: str,
+              fold: int | None) -> tuple[int, str]:
+        """Run train.py for one trial (fold); its output goes to train.log in the run folder.
+        Returns the exit status and the last error line."""
+        command = [sys.executable, str(TRAIN), "fit", *self.trial_args(number, params, run, fold)]
+        run_dir = self.folder / run
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "command.txt").write_text("python " + shlex.join(command[1:]) + "\n")
+        (run_dir / "trial.json").write_text(json.dumps(
+            {"study": self.study.study_name, "storage": self.storage_spec, "trial": number,
+             "fold": fold, "params": params}, indent=2) + "\n")
+        with open(run_dir / "train.log", "w") as log, self.lock:
+            if self.stopping.is_set():
+                return 143, ""
+            child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.trial_environment(), start_new_session=True,
+                                     preexec_fn=die_with_parent)
+            self.children.add(child)
+        returncode = child.wait()
+        with self.lock:
+            self.children.discard(child)
+        lines = (run_dir / "train.log").read_text(errors="replace").splitlines()
+        errors = [line for line in lines if "error:" in line or "Error" in line]
+        return returncode, (errors or lines or [""])[-1].strip()
+
+    def trial_environment(self) -> dict[str, str]:
+        """With ``--jobs N``, each trial's torch gets 1/N of the CPUs for its threads (torch
+        takes them all by default, and N trials would fight over them), unless the user set
+        OMP_NUM_THREADS."""
+        env = dict(os.environ)
+        if self.options.jobs > 1 and "OMP_NUM_THREADS" not in env:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+                os.cpu_count() or 1)
+            env["OMP_NUM_THREADS"] = str(max(1, cpus // self.options.jobs))
+        return env
+
+    # -- ends ---------------------------------------------------------------------------------
+    def fail(self, trial: optuna.Trial, why: str, run: str = "") -> None:
+        trial.set_user_attr("error", why)
+        self.study.tell(trial, state=TrialState.FAIL)
+        log = f" (see {self.folder / run / 'train.log'})" if run else ""
+        self.say(trial, "failed", None, trial.params, why + log)
+
+    def say(self, trial: optuna.Trial, state: str, started: float | None,
+            params: dict[str, Any], detail: str) -> None:
+        took = f" in {time.perf_counter() - started:.0f} s" if started is not None else ""
+        values = ", ".join(f"{name.rpartition('.')[2]}={short(value)}"
+                           for name, value in params.items())
+        print(f"trial {trial.number} {state}{took}: {detail}" + (f"  [{values}]" if values else ""),
+              flush=True)
+
+
+def short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text.rpartition(".")[2] if text.count(".") >= 2 and " " not in text else text
+
+
+def mean_and_std(runs: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Each metric's mean and (sample) standard deviation over the folds; std 0 for one run."""
+    names = [name for name in runs[0] if all(name in run for run in runs)] if runs else []
+    result = {}
+    for name in names:
+        values = [float(run[name]) for run in runs]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        result[name] = [mean, var ** 0.5]
+    return result
+
+
+def die_with_parent() -> None:
+    """In a trial's process, before train.py starts (Linux): SIGTERM when the sweep process dies,
+    even by SIGKILL, so that a killed sweep leaves no orphan training (train.py saves last.ckpt
+    on SIGTERM and stops its DDP ranks)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _load_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return ctypes.CDLL(None).prctl  # looked up here: after fork only the call itself runs
+
+
+_PRCTL = _load_prctl()

@@ -1,0 +1,153 @@
+"""The study: where it is stored, the queue of its planned trials, and the trials a stopped
+sweep left behind.
+
+The planned trials are queued (Optuna's ``WAITING`` state) when the study is created, and each
+worker takes the next one with the storage's atomic state change, as ``Study.ask`` takes a
+queued trial; ``Study.ask`` would create a new trial once the queue is empty, and a planned
+sweep must not grow. So ``--trials N`` is N trials whatever the number of processes and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+
+from sweeps.train_config import SweepError
+
+HOST = socket.gethostname()
+
+
+def open_storage(storage: str) -> optuna.storages.BaseStorage:
+    """A database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage; anything
+    else is the path of a journal file (Optuna's storage for several processes on one
+    machine, which it recommends over SQLite for that)."""
+    if "://" in storage:
+        # As a study wraps it (a cache of finished trials), so that the caller's calls on the
+        # storage and the study's own see the same trials.
+        return optuna.storages.get_storage(storage)
+    Path(storage).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+
+
+def open_study(options: argparse.Namespace, storage: optuna.storages.BaseStorage,
+               storage_spec: str, settings: dict[str, Any], direction: str) -> optuna.Study:
+    """Create the study and queue its planned trials, or load it. Creating is atomic in every
+    Optuna storage, so of several workers started at once exactly one queues the trials; the
+    others wait until the plan is recorded."""
+    sampler = (optuna.samplers.RandomSampler(seed=options.sampler_seed) if options.sampler ==
+               "random" else optuna.samplers.TPESampler(seed=options.sampler_seed))
+    try:
+        study = optuna.create_study(study_name=options.name, storage=storage, sampler=sampler,
+                                    direction=direction)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=options.name, storage=storage, sampler=sampler)
+        planned = wait_for_plan(study)
+        if study.user_attrs.get("settings") != settings:
+            raise SweepError(f"study {options.name!r} in {storage_spec} was started with other "
+                             f"options or another search space; continue it with the same "
+                             f"command, or start a new one with --name") from None
+        if options.trials > planned:  # a longer sweep: queue the difference
+            queue_trials(study, options.trials - planned)
+            study.set_user_attr("planned", options.trials)
+        return study
+    study.set_user_attr("settings", settings)
+    queue_trials(study, options.trials)
+    study.set_user_attr("planned", options.trials)  # last: the study is complete
+    return study
+
+
+def queue_trials(study: optuna.Study, count: int) -> None:
+    for _ in range(count):
+        study.enqueue_trial({})
+
+
+def wait_for_plan(study: optuna.Study, seconds: float = 60.0) -> int:
+    deadline = time.monotonic() + seconds
+    while "planned" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise SweepError(f"study {study.study_name!r} was created but never got its trials "
+                             "(its first worker stopped at once?); start a new one with --name")
+        time.sleep(0.2)
+    return int(study.user_attrs["planned"])
+
+
+def next_trial(study: optuna.Study,
+               storage: optuna.storages.BaseStorage) -> optuna.Trial | None:
+    """The next queued trial, taken atomically through the storage the study was created with
+    (see the module's docstring); None when none is left."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """The trial's value of one option (a retried trial gets its earlier values back)."""
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a sweep process still runs (a reaped or zombie process has no command line)."""
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.parent.is_dir() and Path("/proc/self").exists():
+        try:
+            return b"sweep" in cmdline.read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def requeue(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int,
+            params: dict[str, Any], why: str) -> None:
+    """An interrupted trial ends as failed (Optuna cannot reopen a trial), marked
+    ``interrupted``, and the same values are queued again: the sweep still runs its planned
+    number of trials. Of several processes doing this at once, the one whose state change
+    lands queues the retry."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    try:
+        storage.set_trial_user_attr(trial_id, "interrupted", why)
+        study.tell(number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+        return  # another process ended it first, and queued it again
+    study.enqueue_trial(params, user_attrs={"retry_of": number})
+    print(f"trial {number}: interrupted ({why}); queued again", flush=True)
+
+
+def requeue_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:
+    """Trials left running by a sweep process of this machine that is gone (killed, machine
+    restarted) are queued again."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in storage.get_all_trials(study_id, states=(TrialState.RUNNING,)):
+        host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if host == HOST and pid.isdigit() and not process_alive(int(pid)):
+            requeue(study, storage, trial.number, trial.params,
+                    f"its sweep process {pid} stopped during it")
+
+
+def worker_name() -> str:
+    """Recorded in each trial (user attribute ``worker``), for :func:`requeue_stale_trials`."""
+    return f"{HOST}:{os.getpid()}"
