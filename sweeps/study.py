@@ -30,11 +30,26 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
     else is the path of a journal file (Optuna's storage for several processes on one
     machine, which it recommends over SQLite for that)."""
     if "://" in storage:
-        # As a study wraps it (a cache of finished trials), so that the caller's calls on the
-        # storage and the study's own see the same trials.
-        return optuna.storages.get_storage(storage)
+        return rdb_storage(storage)
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+
+
+def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage, as a study wraps it (a cache of finished trials), so that calls on
+    the storage and the study's own see the same trials. Several processes that make the tables
+    of a fresh database at once collide (optuna/optuna#1092; Optuna's advice is to create the
+    study from one process first); the losers find the tables made when they try again."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.get_storage(url)
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_study(options: argparse.Namespace, storage: optuna.storages.BaseStorage,
