@@ -259,7 +259,9 @@ def processes_with(text: str) -> list[Path]:
 
 @pytest.mark.slow
 @pytest.mark.reliability
-def test_a_killed_sweep_continues_where_it_stopped(run_dir: Path, digits_root: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
+def test_a_stopped_sweep_continues_where_it_stopped(
+        run_dir: Path, digits_root: Path, stop: signal.Signals) -> None:
     search = write(run_dir / "search.yaml", SEARCH)
     command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=2",
                "--search", str(search), "--trials=3", "--pruner=none", "--dir", "sweeps"]
@@ -270,17 +272,23 @@ def test_a_killed_sweep_continues_where_it_stopped(run_dir: Path, digits_root: P
         assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
         time.sleep(0.2)
     time.sleep(1)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    # The trial's train.py gets SIGTERM from the kernel, saves last.ckpt and stops.
+    first.send_signal(stop)
+    first_output, _ = first.communicate(timeout=120)
+    if stop == signal.SIGTERM:  # as Ctrl+C: the sweep stops its trial, says so, exits 143
+        assert first.returncode == 143, first_output
+        assert "trial 1: interrupted" in first_output
+        assert "the same command continues the study" in first_output
+    # Killed outright, the sweep's trial gets SIGTERM from the kernel. Either way the trial's
+    # train.py saves last.ckpt and stops.
     deadline = time.monotonic() + 60
     while processes_with("trial_0001"):
-        assert time.monotonic() < deadline, "the killed sweep left its trial running"
+        assert time.monotonic() < deadline, "the stopped sweep left its trial running"
         time.sleep(0.5)
     assert (folder / "trial_0001" / "checkpoints" / "last.ckpt").is_file()
 
     output = communicate(start_sweep(command, cwd=run_dir))
-    assert "trial 1: interrupted" in output
+    if stop == signal.SIGKILL:  # found by the next run of the command
+        assert "trial 1: interrupted" in output
     study = journal_study(folder)
     ran = finished(study)
     assert len(ran) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in ran)
