@@ -28,8 +28,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sweeps.search_space import SearchSpaceError, load_search_space
-from sweeps.train_config import SweepError, check_options, fold_table
+from sweeps import SweepError
 
 
 def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -65,12 +64,19 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise SweepError("nothing to do: give --search (a sweep) and/or --folds (cross-validation)")
     if options.folds is not None and options.folds < 2:
         raise SweepError(f"--folds {options.folds}: cross-validation needs at least 2 folds")
+    if options.search is None and options.trials not in (None, 1):
+        raise SweepError(f"--trials {options.trials} without --search: every trial would be "
+                         "the same run")
     if options.trials is None:
         options.trials = 20 if options.search else 1
     if options.trials < 1 or options.jobs < 1:
         raise SweepError("--trials and --jobs must be at least 1")
+    if options.startup_trials < 0 or options.warmup_epochs < 0:
+        raise SweepError("--startup_trials and --warmup_epochs cannot be negative")
     if options.name is None:
         options.name = options.search.stem if options.search else f"cv{options.folds}"
+    options.folder = (options.dir / options.name).resolve()
+    options.storage_spec = options.storage or str(options.folder / "study.journal")
     return options, train_args
 
 
@@ -78,43 +84,52 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         options, train_args = parse_options(argv)
-        space = load_search_space(options.search) if options.search else {}
-        config = check_options(options, train_args, space)
-        folds = fold_table(config, options.folds) if options.folds else None
-    except (SweepError, SearchSpaceError) as error:
-        sys.stderr.write(f"sweep.py: error: {error}\n")
-        return 2
-    import optuna
-
-    from sweeps.report import report
-    from sweeps.runner import Sweep
-    from sweeps.study import open_storage, open_study
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = (options.dir / options.name).resolve()
-    storage_spec = options.storage or str(folder / "study.journal")
-    settings = {"train_args": train_args, "folds": options.folds, "pruner": options.pruner,
-                "space": {n: optuna.distributions.distribution_to_json(d)
-                          for n, d in space.items()}}
-    direction = "maximize" if config["checkpoint"].get("mode") == "max" else "minimize"
-    folder.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(storage_spec)
-    try:
-        study = open_study(options, storage, storage_spec, settings, direction)
     except SweepError as error:
         sys.stderr.write(f"sweep.py: error: {error}\n")
         return 2
+    try:
+        import optuna
+    except ImportError:
+        sys.stderr.write('sweep.py: error: sweeps need Optuna: pip install -e ".[sweep]"\n')
+        return 2
+    from sweeps.report import report
+    from sweeps.runner import Sweep
+    from sweeps.search_space import SearchSpaceError, load_search_space
+    from sweeps.study import masked, open_storage, open_study
+    from sweeps.train_config import check_options, fold_table
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        space = load_search_space(options.search) if options.search else {}
+        config = check_options(options, train_args, space)
+        folds = fold_table(config, options.folds) if options.folds else None
+        # A database is opened before anything is written; the journal file is written here.
+        if options.storage:
+            storage = open_storage(options.storage_spec)
+        options.folder.mkdir(parents=True, exist_ok=True)
+        if not options.storage:
+            storage = open_storage(options.storage_spec)
+        # What a study is: a rerun with other settings would mix two experiments in one study.
+        settings = {"config": config, "folds": options.folds, "pruner": options.pruner,
+                    "space": {n: optuna.distributions.distribution_to_json(d)
+                              for n, d in space.items()}}
+        direction = "maximize" if config["checkpoint"].get("mode") == "max" else "minimize"
+        study = open_study(options, storage, settings, direction)
+    except (SweepError, SearchSpaceError) as error:
+        sys.stderr.write(f"sweep.py: error: {error}\n")
+        return 2
     if folds is not None:
-        folds.to_csv(folder / "folds.csv", index=False)
-    sweep = Sweep(options, train_args, space, config, storage, storage_spec, study, folder)
+        folds.to_csv(options.folder / "folds.csv", index=False)
+    sweep = Sweep(options, train_args, space, config, storage, study)
     signal.signal(signal.SIGINT, sweep.stop)
     signal.signal(signal.SIGTERM, sweep.stop)
-    print(f"Study {options.name!r} in {storage_spec}: {study.user_attrs['planned']} trials "
-          f"planned, {options.jobs} at a time here; runs in {folder}", flush=True)
+    print(f"Study {options.name!r} in {masked(options.storage_spec)}: "
+          f"{study.user_attrs['planned']} trials planned, {options.jobs} at a time here; runs "
+          f"in {options.folder}", flush=True)
     sweep.run()
-    if sweep.stopping.is_set():
+    if sweep.stopped_by is not None:
         print("sweep.py: stopped; the same command continues the study", file=sys.stderr)
-        return 143
+        return 128 + sweep.stopped_by
     return 0 if report(sweep) else 1
 
 

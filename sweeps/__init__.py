@@ -6,3 +6,7 @@
 - ``runner``: worker threads that run each trial as train.py processes;
 - ``report``: the tables, ``best_config.yaml`` and the plots at the end.
 """
+
+
+class SweepError(Exception):
+    """Bad options or search space: reported in one line, exit 2, before anything is written."""

@@ -12,7 +12,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from sweeps.runner import Sweep, short
+from sweeps.runner import Sweep, short, short_names
 from sweeps.search_space import command_line_value
 from sweeps.train_config import resolved_config
 
@@ -34,7 +34,7 @@ def report(sweep: Sweep) -> bool:
                   highlight=False)
     table = Table(caption=f"{'highest' if maximize else 'lowest'} {monitor} first",
                   caption_justify="left")
-    for column in ("trial", "state", monitor, *(n.rpartition(".")[2] for n in sweep.space)):
+    for column in ("trial", "state", monitor, *short_names(sweep.space)):
         table.add_column(column, justify="right" if column != "state" else "left")
 
     def order(t: optuna.trial.FrozenTrial) -> tuple[int, float]:
@@ -62,9 +62,10 @@ def report(sweep: Sweep) -> bool:
     if sweep.space:
         write_best_config(best, sweep)
         save_plots(study, folder)
+    logger = str((sweep.config["trainer"].get("logger") or {}).get("class_path", ""))
+    watch = f"; tensorboard --logdir {folder}" if logger.endswith("TensorBoardLogger") else ""
     print(f"Study folder: {folder} (trials.csv"
-          + (", best_config.yaml, *.png)" if sweep.space else ")")
-          + f"; tensorboard --logdir {folder}", flush=True)
+          + (", best_config.yaml, *.png)" if sweep.space else ")") + watch, flush=True)
     return True
 
 
@@ -93,6 +94,9 @@ def write_best_config(best: optuna.trial.FrozenTrial, sweep: Sweep) -> None:
               f"{best.value:.6g}" + (f" (mean over {sweep.options.folds} folds; this config "
                                      "trains on the usual split)" if sweep.options.folds else "")
               + f"\n# Run folder: {best.user_attrs.get('run_folder')}"
+              + (f"\n# The trials ran {sweep.options.jobs} at a time with fewer CPU threads "
+                 "each (OMP_NUM_THREADS): another thread count may change the last digits."
+                 if sweep.options.jobs > 1 else "")
               + "\n# python train.py --config <this file>\n")
     target = sweep.folder / "best_config.yaml"
     partial = target.with_suffix(".yaml.partial")

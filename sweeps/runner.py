@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -24,8 +25,8 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from sweeps.search_space import command_line_value
 from sweeps.study import next_trial, requeue, requeue_stale_trials, suggest, worker_name
+from sweeps.train_config import run_arguments
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -36,22 +37,23 @@ class Sweep:
 
     def __init__(self, options: argparse.Namespace, train_args: list[str],
                  space: dict[str, BaseDistribution], config: dict[str, Any],
-                 storage: optuna.storages.BaseStorage, storage_spec: str,
-                 study: optuna.Study, folder: Path) -> None:
+                 storage: optuna.storages.BaseStorage, study: optuna.Study) -> None:
         self.options, self.train_args, self.space = options, train_args, space
-        self.config, self.storage, self.storage_spec = config, storage, storage_spec
-        self.study, self.folder = study, folder
+        self.config, self.storage, self.study = config, storage, study
+        self.folder: Path = options.folder
         self.monitor = config["checkpoint"]["monitor"]
         self.stopping = threading.Event()
         self.children: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # a second Ctrl+C may come while stop() holds it
+        self.stopped_by: int | None = None
+        self.gpus = gpu_slots(options.jobs)
         self.study_id = storage.get_study_id_from_name(study.study_name)
 
     # -- workers ------------------------------------------------------------------------------
     def run(self) -> None:
         requeue_stale_trials(self.study, self.storage)
-        workers = [threading.Thread(target=self.worker, daemon=True)
-                   for _ in range(self.options.jobs)]
+        workers = [threading.Thread(target=self.worker, args=(slot,), daemon=True)
+                   for slot in range(self.options.jobs)]
         for worker in workers:
             worker.start()
             time.sleep(0.5)  # staggered: the workers' first samples see each other's trials
@@ -59,13 +61,13 @@ class Sweep:
             while worker.is_alive():  # short joins: signals reach the main thread meanwhile
                 worker.join(timeout=0.5)
 
-    def worker(self) -> None:
+    def worker(self, slot: int) -> None:
         while not self.stopping.is_set():
             trial = next_trial(self.study, self.storage)
             if trial is None:
                 return
             try:
-                self.run_trial(trial)
+                self.run_trial(trial, slot)
             except Exception as error:  # one trial's problem (a full disk, a
                 # storage hiccup) fails that trial; the sweep goes on with the next one.
                 print(f"trial {trial.number}: sweep.py error: {error!r}", flush=True)
@@ -75,6 +77,7 @@ class Sweep:
     def stop(self, signum: int, frame: Any) -> None:
         """Ctrl+C or SIGTERM: stop every running trial (train.py saves its last.ckpt); they are
         queued again for the next run of the command."""
+        self.stopped_by = signum
         self.stopping.set()
         with self.lock:
             for child in self.children:
@@ -82,7 +85,7 @@ class Sweep:
                     os.killpg(child.pid, signal.SIGTERM)
 
     # -- one trial ----------------------------------------------------------------------------
-    def run_trial(self, trial: optuna.Trial) -> None:
+    def run_trial(self, trial: optuna.Trial, slot: int = 0) -> None:
         trial.set_user_attr("worker", worker_name())
         params = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
         started = time.perf_counter()
@@ -92,7 +95,8 @@ class Sweep:
             run = f"trial_{trial.number:04d}" + (f"/fold_{fold}" if folds else "")
             if fold == 0:
                 trial.set_user_attr("run_folder", str(self.folder / run.split("/")[0]))
-            returncode, last_line = self.train(trial.number, params, run, fold if folds else None)
+            returncode, last_line = self.train(trial.number, params, fold if folds else None,
+                                               slot)
             if returncode != 0 and self.stopping.is_set():
                 requeue(self.study, self.storage, trial.number, params,
                         "the sweep was stopped during it")
@@ -110,6 +114,10 @@ class Sweep:
                 self.say(trial, "pruned", started, params, f"after epoch {pruned_at}"
                          + (f" of fold {fold}" if folds else ""))
                 return
+            if not (self.folder / run / "summary.json").is_file():
+                self.fail(trial, "the run wrote no summary.json (is callbacks.run_summary."
+                                 "RunSummary still in run_callbacks?)", run)
+                return
             summary = json.loads((self.folder / run / "summary.json").read_text())
             if summary.get("best_score") is None:
                 self.fail(trial, f"the run logged no {self.monitor!r}", run)
@@ -124,65 +132,46 @@ class Sweep:
                  f"{self.monitor} {sum(scores) / len(scores):.4f}" + (
                      f" (mean of {folds} folds)" if folds else ""))
 
-    def trial_args(self, number: int, params: dict[str, Any], run: str,
-                   fold: int | None) -> list[str]:
-        """train.py's options for one run of a trial: the sweep's, the trial's values, where the
-        run goes, and (with a pruner) the callback that reports to the trial."""
-        args = [*self.train_args]
-        args += [f"--{name}={command_line_value(value)}" for name, value in params.items()]
-        if fold is not None:
-            args += [f"--data.init_args.folds={self.options.folds}",
-                     f"--data.init_args.fold={fold}"]
-        args += [f"--trainer.default_root_dir={self.folder / run}",
-                 f"--trainer.logger.init_args.save_dir={self.folder.parent}",
-                 f"--trainer.logger.init_args.name={self.folder.name}",
-                 f"--trainer.logger.init_args.version={run}"]
-        if self.options.pruner != "none":
-            epochs = self.config["trainer"].get("max_epochs") or 0
-            pruning = {"class_path": "callbacks.optuna_pruning.OptunaPruning", "init_args": {
-                "storage": self.storage_spec, "study_name": self.study.study_name,
-                "trial": number, "monitor": self.monitor,
-                "step_offset": (fold or 0) * max(epochs, 1000 if epochs <= 0 else epochs),
-                "pruner": {"class_path": "optuna.pruners.MedianPruner", "init_args": {
-                    "n_startup_trials": self.options.startup_trials,
-                    "n_warmup_steps": self.options.warmup_epochs}}}}
-            args.append(f"--trainer.callbacks+={json.dumps(pruning)}")
-        return args
-
-    def train(self, number: int, params: dict[str, Any], run: str,
-              fold: int | None) -> tuple[int, str]:
+    def train(self, number: int, params: dict[str, Any], fold: int | None,
+              slot: int) -> tuple[int, str]:
         """Run train.py for one trial (fold); its output goes to train.log in the run folder.
-        Returns the exit status and the last error line."""
-        command = [sys.executable, str(TRAIN), "fit", *self.trial_args(number, params, run, fold)]
-        run_dir = self.folder / run
+        Returns the exit status and the line that says why it failed."""
+        args = run_arguments(self.options, self.train_args, params, number, fold, self.monitor)
+        command = [sys.executable, str(TRAIN), "fit", *args]
+        run_dir = self.folder / (f"trial_{number:04d}" + (f"/fold_{fold}" if fold is not None
+                                                          else ""))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "command.txt").write_text("python " + shlex.join(command[1:]) + "\n")
         (run_dir / "trial.json").write_text(json.dumps(
-            {"study": self.study.study_name, "storage": self.storage_spec, "trial": number,
-             "fold": fold, "params": params}, indent=2) + "\n")
+            {"study": self.study.study_name, "trial": number, "fold": fold, "params": params},
+            indent=2) + "\n")
         with open(run_dir / "train.log", "w") as log, self.lock:
             if self.stopping.is_set():
                 return 143, ""
+            # PR_SET_PDEATHSIG (die_with_parent) fires when the thread that started the child
+            # ends: this worker thread waits for the child, so only the process's death does.
+            # The function runs between fork and exec and only calls prctl, which is why a
+            # preexec_fn is safe enough beside the other worker threads.
             child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                     env=self.trial_environment(), start_new_session=True,
+                                     env=self.trial_environment(slot), start_new_session=True,
                                      preexec_fn=die_with_parent)
             self.children.add(child)
         returncode = child.wait()
         with self.lock:
             self.children.discard(child)
-        lines = (run_dir / "train.log").read_text(errors="replace").splitlines()
-        errors = [line for line in lines if "error:" in line or "Error" in line]
-        return returncode, (errors or lines or [""])[-1].strip()
+        return returncode, failure_reason((run_dir / "train.log").read_text(errors="replace"))
 
-    def trial_environment(self) -> dict[str, str]:
+    def trial_environment(self, slot: int) -> dict[str, str]:
         """With ``--jobs N``, each trial's torch gets 1/N of the CPUs for its threads (torch
         takes them all by default, and N trials would fight over them), unless the user set
-        OMP_NUM_THREADS."""
+        OMP_NUM_THREADS; with at least N GPUs, each worker slot its own share of them."""
         env = dict(os.environ)
         if self.options.jobs > 1 and "OMP_NUM_THREADS" not in env:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
                 os.cpu_count() or 1)
             env["OMP_NUM_THREADS"] = str(max(1, cpus // self.options.jobs))
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus[slot])
         return env
 
     # -- ends ---------------------------------------------------------------------------------
@@ -195,17 +184,72 @@ class Sweep:
     def say(self, trial: optuna.Trial, state: str, started: float | None,
             params: dict[str, Any], detail: str) -> None:
         took = f" in {time.perf_counter() - started:.0f} s" if started is not None else ""
-        values = ", ".join(f"{name.rpartition('.')[2]}={short(value)}"
-                           for name, value in params.items())
+        values = ", ".join(f"{label}={short(value)}"
+                           for label, value in zip(short_names(params), params.values(),
+                                                   strict=True))
         print(f"trial {trial.number} {state}{took}: {detail}" + (f"  [{values}]" if values else ""),
               flush=True)
 
 
 def short(value: Any) -> str:
+    """A value as tables show it: floats to 4 digits, class paths by their class name, JSON
+    (a mapping or list choice) as it is, cut at 40 characters."""
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)
-    return text.rpartition(".")[2] if text.count(".") >= 2 and " " not in text else text
+    if text[:1] in "{[":
+        return text if len(text) <= 40 else text[:37] + "..."
+    if "." in text and " " not in text and not text.replace(".", "").lstrip("-").isdigit():
+        return text.rpartition(".")[2]
+    return text
+
+
+def short_names(names: Any) -> list[str]:
+    """The shortest dotted suffix of each option name that tells it apart from the others
+    (``lr``, but ``optimizer.init_args.lr`` and ``scheduler.init_args.lr`` when both)."""
+    names = list(names)
+    parts = [name.split(".") for name in names]
+    labels = []
+    for mine in parts:
+        for k in range(1, len(mine) + 1):
+            label = ".".join(mine[-k:])
+            if sum(".".join(other[-k:]) == label for other in parts) == 1:
+                break
+        labels.append(label)
+    return labels
+
+
+def failure_reason(log: str) -> str:
+    """Why a train.py run failed, from its output: its one-line ``train.py: error:``, else the
+    last line of a traceback (``SomethingError: ...``), else its last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("train.py: error:") or line.startswith("train.py: rank"):
+            return line
+    for line in reversed(lines):
+        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line):
+            return line
+    return lines[-1] if lines else ""
+
+
+def gpu_slots(jobs: int) -> list[list[str]]:
+    """The GPUs of each worker slot: with ``jobs`` workers and at least as many visible GPUs,
+    each slot gets its own share; otherwise no split (trials see every GPU)."""
+    if jobs < 2:
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [gpu for gpu in visible.split(",") if gpu.strip()]
+    else:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if len(gpus) < jobs:
+        if gpus:
+            print(f"--jobs {jobs} with {len(gpus)} GPU(s): the trials share them", flush=True)
+        return []
+    share = len(gpus) // jobs
+    return [gpus[slot * share:(slot + 1) * share] for slot in range(jobs)]
 
 
 def mean_and_std(runs: list[dict[str, float]]) -> dict[str, list[float]]:

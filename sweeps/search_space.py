@@ -45,8 +45,8 @@ def load_search_space(path: str | Path) -> dict[str, BaseDistribution]:
         raise SearchSpaceError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from None
     if not isinstance(entries, dict) or not entries:
         raise SearchSpaceError(f"{path}: expected a mapping of option names to ranges, e.g. "
-                               "'model.init_args.optimizer.init_args.lr: {float: [1e-4, 1e-1], "
-                               "log: true}'")
+                               "'model.init_args.optimizer.init_args.lr: {float: [1.0e-4, "
+                               "1.0e-1], log: true}'")
     space = {}
     for name, spec in entries.items():
         try:
@@ -74,7 +74,9 @@ def distribution(spec: Any) -> BaseDistribution:
         if len(set(labels)) != len(labels):
             raise SearchSpaceError(f"categorical choices repeat: {labels}")
         return CategoricalDistribution(labels)
-    bounds = spec[kind]
+    # YAML 1.1 (PyYAML) reads 1e-4, without a dot, as a string; train.py's configs accept it.
+    bounds = [as_number(b) for b in spec[kind]] if isinstance(spec[kind], list) else spec[kind]
+    options = {key: as_number(value) for key, value in options.items()}
     number = int if kind == "int" else (int, float)
     if (not isinstance(bounds, list) or len(bounds) != 2
             or not all(isinstance(b, number) and not isinstance(b, bool) for b in bounds)):
@@ -92,6 +94,18 @@ def distribution(spec: Any) -> BaseDistribution:
     if kind == "int":
         return IntDistribution(low, high, log=log, step=step or 1)
     return FloatDistribution(float(low), float(high), log=log, step=step)
+
+
+def as_number(value: Any) -> Any:
+    """``"1e-4"`` -> ``0.0001``; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in \
+            value.lower() else number
+    return value
 
 
 def choice_label(choice: Any) -> str | int | float | bool | None:

@@ -4,7 +4,15 @@ sweep left behind.
 The planned trials are queued (Optuna's ``WAITING`` state) when the study is created, and each
 worker takes the next one with the storage's atomic state change, as ``Study.ask`` takes a
 queued trial; ``Study.ask`` would create a new trial once the queue is empty, and a planned
-sweep must not grow. So ``--trials N`` is N trials whatever the number of processes and machines.
+sweep must not grow. So ``--trials N`` is N trials whatever the number of processes and machines
+(Optuna's advice for queued trials and several workers, optuna/optuna#2925, is to queue them
+from one process: the one that creates the study does).
+
+Taking a queued trial goes through the storage object's own methods (``BaseStorage``), which
+Optuna keeps public for libraries built on it but not for end users (optuna/optuna#520, where
+the "a trial that is not WAITING cannot be set RUNNING" rule this relies on was added;
+``tests/test_sweep.py`` checks the rule). ``optuna.Trial(study, trial_id)`` is how
+``Study.ask`` itself makes the trial object.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from sweeps.train_config import SweepError
+from sweeps import SweepError
+from sweeps.train_config import first_difference
 
 HOST = socket.gethostname()
 
@@ -28,9 +37,19 @@ HOST = socket.gethostname()
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
     """A database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage; anything
     else is the path of a journal file (Optuna's storage for several processes on one
-    machine, which it recommends over SQLite for that)."""
+    machine, which it recommends over SQLite for that). A database that cannot be opened is a
+    SweepError naming it (password hidden)."""
     if "://" in storage:
-        return rdb_storage(storage)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            return rdb_storage(storage)
+        except ImportError as error:
+            raise SweepError(f"--storage {masked(storage)}: {error} (for PostgreSQL: pip "
+                             'install -e ".[postgres]")') from None
+        except SQLAlchemyError as error:
+            first = str(error).strip().splitlines()[0]
+            raise SweepError(f"--storage {masked(storage)}: cannot open it: {first}") from None
     Path(storage).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
 
@@ -52,23 +71,44 @@ def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
     raise AssertionError("unreachable")
 
 
+def masked(url: str) -> str:
+    """A storage URL with its password replaced by ``***``, for printing."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    user, colon, _ = credentials.partition(":")
+    return scheme + sep + (user + (":***" if colon else "") + at if at else "") + host
+
+
+def sampler_for(options: argparse.Namespace, creates: bool) -> optuna.samplers.BaseSampler:
+    """``--sampler_seed`` seeds the process that creates the study (a fresh one-process sweep
+    is reproducible); every other process (a second worker, a machine, the rerun after a
+    crash) draws its own seed, or it would sample the values already tried again. TPE's
+    ``constant_liar`` keeps concurrent trials from being sampled at the same point."""
+    seed = options.sampler_seed if creates else None
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
 def open_study(options: argparse.Namespace, storage: optuna.storages.BaseStorage,
-               storage_spec: str, settings: dict[str, Any], direction: str) -> optuna.Study:
+               settings: dict[str, Any], direction: str) -> optuna.Study:
     """Create the study and queue its planned trials, or load it. Creating is atomic in every
     Optuna storage, so of several workers started at once exactly one queues the trials; the
-    others wait until the plan is recorded."""
-    sampler = (optuna.samplers.RandomSampler(seed=options.sampler_seed) if options.sampler ==
-               "random" else optuna.samplers.TPESampler(seed=options.sampler_seed))
+    others wait until the plan is recorded. A study started with other settings (the resolved
+    config, the search space, folds, pruner) is refused, naming the first difference."""
     try:
-        study = optuna.create_study(study_name=options.name, storage=storage, sampler=sampler,
+        study = optuna.create_study(study_name=options.name, storage=storage,
+                                    sampler=sampler_for(options, creates=True),
                                     direction=direction)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=options.name, storage=storage, sampler=sampler)
+        study = optuna.load_study(study_name=options.name, storage=storage,
+                                  sampler=sampler_for(options, creates=False))
         planned = wait_for_plan(study)
-        if study.user_attrs.get("settings") != settings:
-            raise SweepError(f"study {options.name!r} in {storage_spec} was started with other "
-                             f"options or another search space; continue it with the same "
-                             f"command, or start a new one with --name") from None
+        difference = first_difference(study.user_attrs.get("settings"), settings)
+        if difference:
+            raise SweepError(f"study {options.name!r} in {masked(options.storage_spec)} was "
+                             f"started with other settings ({difference[:300]}); continue it "
+                             "with the same command, or start a new one with --name") from None
         if options.trials > planned:  # a longer sweep: queue the difference
             queue_trials(study, options.trials - planned)
             study.set_user_attr("planned", options.trials)
@@ -158,7 +198,10 @@ def requeue_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStora
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in storage.get_all_trials(study_id, states=(TrialState.RUNNING,)):
         host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if host == HOST and pid.isdigit() and not process_alive(int(pid)):
+        # This process runs no trial yet: its own PID on a trial is an earlier process's (a
+        # restarted container often gets the same PID).
+        if host == HOST and pid.isdigit() and (int(pid) == os.getpid()
+                                               or not process_alive(int(pid))):
             requeue(study, storage, trial.number, trial.params,
                     f"its sweep process {pid} stopped during it")
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
 from datamodules.splits import stratified_folds
 from sweeps.search_space import SearchSpaceError, load_search_space
@@ -82,10 +86,34 @@ def test_search_space_rejects_a_bad_entry(tmp_path: Path, spec: str, message: st
         load_search_space(write(tmp_path / "s.yaml", spec))
 
 
+def test_search_space_reads_numbers_yaml_leaves_as_strings(tmp_path: Path) -> None:
+    space = load_search_space(write(tmp_path / "s.yaml", "lr: {float: [1e-4, 1e-1], log: true}"))
+    assert space["lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+
+
+def test_a_queued_trial_is_taken_by_one_worker_only(tmp_path: Path) -> None:
+    """The storage rule sweeps.study.next_trial relies on: a trial that is no longer waiting
+    cannot be set running again (optuna/optuna#520)."""
+    from sweeps.study import next_trial, open_storage
+
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({})
+    first = next_trial(study, storage)
+    assert first is not None and first.number == 0
+    assert next_trial(study, storage) is None  # the queue is empty: no new trial is made
+    assert len(study.get_trials()) == 1
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("s"), 0)
+    assert storage.set_trial_state_values(trial_id, state=TrialState.RUNNING) is False
+
+
 @pytest.mark.parametrize(("case", "named"), [
     ("unknown key", "model.init_args.optimizer.init_args.momentum_typo=0.1"),
     ("empty range", "empty range [0.01, 0.01]"),
+    ("class that does not exist", "torch.optim.Nope"),
     ("one fold", "--folds 1: cross-validation needs at least 2 folds"),
+    ("trials without a search space", "--trials 4 without --search"),
     ("more folds than rows of a class", "--folds 200: "),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -95,10 +123,14 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
     search = {"unknown key": "model.init_args.optimizer.init_args.momentum_typo: "
                              "{float: [0.1, 0.9]}",
-              "empty range": "model.init_args.optimizer.init_args.lr: {float: [0.01, 0.01]}"}
+              "empty range": "model.init_args.optimizer.init_args.lr: {float: [0.01, 0.01]}",
+              "class that does not exist": "model.init_args.optimizer: {categorical: "
+                                           "[torch.optim.AdamW, torch.optim.Nope]}"}
     args = [*base_args(digits_root, run_dir / "logs"), "--dir", str(run_dir / "sweeps")]
     if case in search:
         args += ["--search", str(write(run_dir / "search.yaml", search[case]))]
+    elif case == "trials without a search space":
+        args += ["--folds", "3", "--trials", "4"]
     else:
         args += ["--folds", "1" if case == "one fold" else "200"]
     assert sweep.main(args) == 2
@@ -118,6 +150,7 @@ def readme_search_space() -> str:
 def test_the_shipped_search_spaces_pass_train_py_s_parser(
         run_dir: Path, digits_root: Path, source: str) -> None:
     import sweep
+    from sweeps.train_config import check_options
 
     path = (write(run_dir / "readme.yaml", readme_search_space()) if source == "README"
             else REPO / source)
@@ -125,7 +158,7 @@ def test_the_shipped_search_spaces_pass_train_py_s_parser(
     assert len(space) >= 4
     options, train_args = sweep.parse_options(["--search", str(path),
                                                *base_args(digits_root, run_dir / "logs")])
-    config = sweep.check_options(options, train_args, space)  # every choice and range end
+    config = check_options(options, train_args, space)  # every choice and range end
     assert config["checkpoint"]["monitor"] == "val/loss"
 
 
@@ -157,7 +190,7 @@ def test_sweep_prunes_a_bad_range_and_best_config_reproduces_the_best_trial(
     best = study.best_trial
     assert f"Best trial: {best.number}" in output
     assert f"Best run folder: {best.user_attrs['run_folder']}" in output
-    for name in ("history.png", "importances.png", "trials.csv"):
+    for name in ("history.png", "importances.png", "parallel_coordinate.png", "trials.csv"):
         assert (folder / name).stat().st_size > 0
 
     # best_config.yaml alone, through train.py, trains to the best trial's validation loss.
@@ -171,17 +204,25 @@ def test_sweep_prunes_a_bad_range_and_best_config_reproduces_the_best_trial(
 @pytest.mark.slow
 def test_two_sweep_processes_run_exactly_the_planned_trials(
         run_dir: Path, digits_root: Path) -> None:
-    search = write(run_dir / "search.yaml", SEARCH)
+    # A class_path choice: each trial trains with the optimizer class it drew.
+    search = write(run_dir / "search.yaml", SEARCH + "model.init_args.optimizer: "
+                   "{categorical: [torch.optim.AdamW, torch.optim.RAdam]}\n")
     command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=1",
-               "--search", str(search), "--trials=4", "--dir", "sweeps"]
-    processes = [start_sweep(command, cwd=run_dir) for _ in range(2)]
+               "--search", str(search), "--trials=5", "--dir", "sweeps"]
+    # One process runs two trials at a time (worker threads), the other one.
+    processes = [start_sweep([*command, "--jobs=2"], cwd=run_dir),
+                 start_sweep(command, cwd=run_dir)]
     for process in processes:
         communicate(process)
     trials = journal_study(run_dir / "sweeps" / "search").get_trials()
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3, 4]
     assert all(t.state.is_finished() for t in trials)
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2  # both processes ran trials
+    for trial in trials:
+        config = yaml.safe_load((Path(trial.user_attrs["run_folder"]) / "config.yaml").read_text())
+        assert (config["model"]["init_args"]["optimizer"]["class_path"]
+                == trial.params["model.init_args.optimizer"])
 
 
 def run_as_postgres_user() -> list[str]:
@@ -261,7 +302,8 @@ def processes_with(text: str) -> list[Path]:
 @pytest.mark.reliability
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill -9", "SIGTERM"])
 def test_a_stopped_sweep_continues_where_it_stopped(
-        run_dir: Path, digits_root: Path, stop: signal.Signals) -> None:
+        run_dir: Path, digits_root: Path, stop: signal.Signals,
+        capsys: pytest.CaptureFixture[str]) -> None:
     search = write(run_dir / "search.yaml", SEARCH)
     command = [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=2",
                "--search", str(search), "--trials=3", "--pruner=none", "--dir", "sweeps"]
@@ -299,6 +341,13 @@ def test_a_stopped_sweep_continues_where_it_stopped(
     assert 0 in {t.number for t in ran}  # trial 0, finished before the kill, was not rerun
     assert sum(t.user_attrs.get("retry_of") is not None for t in ran) == 1
 
+    # The same study with other settings would mix two experiments: refused, naming the change.
+    import sweep
+
+    assert sweep.main([*command, "--max_epochs=3"]) == 2
+    error = capsys.readouterr().err
+    assert "trainer.max_epochs: 2 -> 3" in error and "--name" in error
+
 
 @pytest.mark.slow
 @pytest.mark.ddp
@@ -323,23 +372,39 @@ def test_ddp_trials_report_and_stop_together(run_dir: Path, digits_root: Path) -
 
 
 @pytest.mark.slow
-def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(
+def test_a_failing_trial_is_recorded_and_a_cross_validated_sweep_goes_on(
         run_dir: Path, digits_root: Path) -> None:
     # The first trial's learning rate makes the loss non-finite: train.py stops it (exit 1).
     search = write(run_dir / "search.yaml",
                    "model.init_args.scheduler.init_args.max_lr: {categorical: [1.0e+12, 0.01]}")
     output = communicate(start_sweep(
         [*base_args(digits_root, run_dir / "logs"), *TINY, "--max_epochs=1", "--search",
-         str(search), "--trials=2", "--sampler=random", "--sampler_seed=10", "--dir", "sweeps"],
-        cwd=run_dir))
-    failed, good = journal_study(run_dir / "sweeps" / "search").get_trials()
+         str(search), "--trials=2", "--folds=2", "--sampler=random", "--sampler_seed=10",
+         "--dir", "sweeps"], cwd=run_dir))
+    folder = run_dir / "sweeps" / "search"
+    study = journal_study(folder)
+    failed, good = study.get_trials()
     assert failed.params["model.init_args.scheduler.init_args.max_lr"] == 1.0e12, output
-    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.state == TrialState.FAIL
     assert "training loss is" in failed.user_attrs["error"]
-    assert good.state == optuna.trial.TrialState.COMPLETE
     assert "trial 0 failed" in output and "Best trial: 1" in output
-    record = json.loads((run_dir / "sweeps" / "search" / "trial_0000" / "trial.json").read_text())
+    record = json.loads((folder / "trial_0000" / "fold_0" / "trial.json").read_text())
     assert record["trial"] == 0 and record["params"] == failed.params
+    # The objective of a cross-validated trial is the mean of its folds' best values.
+    scores = [json.loads((folder / "trial_0001" / f"fold_{k}" / "summary.json").read_text())
+              ["best_score"] for k in (0, 1)]
+    assert good.state == TrialState.COMPLETE
+    assert good.value == pytest.approx(sum(scores) / 2, abs=1e-9)
+
+    # A finished trial's run, started again by hand, trains and leaves the study alone.
+    command = shlex.split((folder / "trial_0001" / "fold_0" / "command.txt").read_text())
+    result = subprocess.run([sys.executable, *command[1:]], cwd=run_dir, capture_output=True,
+                            text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "trial 1 of study 'search' has ended (complete)" in result.stdout + result.stderr
+    again = journal_study(folder).get_trials()
+    assert [(t.state, t.value, t.intermediate_values) for t in again] == [
+        (t.state, t.value, t.intermediate_values) for t in (failed, good)]
 
 
 # -- cross-validation ------------------------------------------------------------------------
