@@ -54,9 +54,11 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--startup_trials", type=int, default=5,
                         help="trials that finish before the pruner stops any (default 5)")
     parser.add_argument("--warmup_epochs", type=int, default=1,
-                        help="epochs of each trial (fold) never pruned (default 1)")
+                        help="epochs of each trial never pruned (default 1); with --folds, "
+                             "trials are pruned in their first fold only")
     parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
-    parser.add_argument("--sampler_seed", type=int, default=None)
+    parser.add_argument("--sampler_seed", type=int, default=None,
+                        help="seeds the process that creates the study (others draw their own)")
     options, train_args = parser.parse_known_args(argv)
     if train_args and train_args[0] in ("fit", "validate", "test", "predict"):
         raise SweepError(f"sweep.py runs train.py fit itself; drop {train_args[0]!r}")
