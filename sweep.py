@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if folds is not None:
         folds.to_csv(options.folder / "folds.csv", index=False)
     sweep = Sweep(options, train_args, space, config, storage, study)
-    signal.signal(signal.SIGINT, sweep.stop)
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # nohup'd or background: leave it
+        signal.signal(signal.SIGINT, sweep.stop)
     signal.signal(signal.SIGTERM, sweep.stop)
     print(f"Study {options.name!r} in {masked(options.storage_spec)}: "
           f"{study.user_attrs['planned']} trials planned, {options.jobs} at a time here; runs "

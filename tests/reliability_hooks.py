@@ -119,6 +119,11 @@ class SignalAtValidationBatch(Callback):
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
         if (trainer.global_step == self.step and batch_idx == self.batch
                 and not trainer.sanity_checking):
+            if self.signal == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+                # A shell without job control starts background jobs (e.g. a CI script run
+                # with `&`) with SIGINT ignored, which Python keeps; Ctrl+C in a terminal is
+                # never ignored, and that is what this hook stands for.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), self.signal)
 
 
