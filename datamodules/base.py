@@ -286,11 +286,12 @@ class ClassificationDataModule(LightningDataModule):
     def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row positions per split: from the split column, or a stratified seeded split; with
         ``folds``, validation is fold ``fold`` of the rows outside the test split."""
+        fixed = self.fixed_split_rows(table)
         if self.folds is None:
-            return self.fixed_split_rows(table)
-        rest, folds = self.fold_assignment(table)
+            return fixed
+        rest, folds = self.fold_assignment(table, fixed)
         return {"train": rest[folds != self.fold], "val": rest[folds == self.fold],
-                "test": self.fixed_split_rows(table)["test"]}
+                "test": fixed["test"]}
 
     def fixed_split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """The train/val/test split without folds."""
@@ -306,12 +307,14 @@ class ClassificationDataModule(LightningDataModule):
         train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
         return {"train": rest[train], "val": rest[val], "test": test}
 
-    def fold_assignment(self, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """The rows outside the test split, and the fold of each (from ``split_seed``)."""
+    def fold_assignment(self, table: pd.DataFrame, fixed: dict[str, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """The rows outside the test split (of ``fixed``, the split without folds), and the
+        fold of each (from ``split_seed``)."""
         assert self.folds is not None
         if not 0 <= self.fold < self.folds:
             raise DataError(f"fold {self.fold} does not exist: folds are 0 to {self.folds - 1}")
-        fixed = self.fixed_split_rows(table)
+        fixed = fixed if fixed is not None else self.fixed_split_rows(table)
         rest = np.sort(np.concatenate([fixed["train"], fixed["val"]]))
         labels = table[self.label_column].map(label_key).to_numpy()[rest]
         try:

@@ -21,7 +21,6 @@ def report(sweep: Sweep) -> bool:
     """The table of trials, the best trial's metrics and run folder (per fold with --folds);
     trials.csv, best_config.yaml and the plots in the study folder."""
     from rich.console import Console
-    from rich.table import Table
 
     study, folder, monitor = sweep.study, sweep.folder, sweep.monitor
     trials = [t for t in study.get_trials(deepcopy=False) if "interrupted" not in t.user_attrs]
@@ -32,24 +31,8 @@ def report(sweep: Sweep) -> bool:
                   f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed, "
                   f"{count[TrialState.RUNNING] + count[TrialState.WAITING]} to go",
                   highlight=False)
-    table = Table(caption=f"{'highest' if maximize else 'lowest'} {monitor} first",
-                  caption_justify="left")
-    for column in ("trial", "state", monitor, *short_names(sweep.space)):
-        table.add_column(column, justify="right" if column != "state" else "left")
-
-    def order(t: optuna.trial.FrozenTrial) -> tuple[int, float]:
-        value = t.value if t.value is not None else float("nan")
-        return (0 if t.state == TrialState.COMPLETE else 1,
-                -value if maximize and t.value is not None else value)
-
-    for t in sorted(trials, key=order):
-        value = "" if t.value is None else f"{t.value:.4f}"
-        if t.state == TrialState.FAIL:
-            value = str(t.user_attrs.get("error", ""))[:60]
-        table.add_row(str(t.number), t.state.name.lower(), value,
-                      *(short(t.params.get(name, "")) for name in sweep.space))
-    if sweep.space:
-        console.print(table)
+    if sweep.space:  # cross-validation alone has one trial: the table below says it all
+        console.print(trials_table(trials, sweep.space, monitor, maximize))
     frame = study.trials_dataframe()
     frame.to_csv(folder / "trials.csv", index=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -67,6 +50,30 @@ def report(sweep: Sweep) -> bool:
     print(f"Study folder: {folder} (trials.csv"
           + (", best_config.yaml, *.png)" if sweep.space else ")") + watch, flush=True)
     return True
+
+
+def trials_table(trials: list[optuna.trial.FrozenTrial], space: dict[str, Any], monitor: str,
+                 maximize: bool) -> Any:
+    """One row per trial: complete ones best first, then the others (a failed one's reason)."""
+    from rich.table import Table
+
+    table = Table(caption=f"{'highest' if maximize else 'lowest'} {monitor} first",
+                  caption_justify="left")
+    for column in ("trial", "state", monitor, *short_names(space)):
+        table.add_column(column, justify="right" if column != "state" else "left")
+
+    def order(t: optuna.trial.FrozenTrial) -> tuple[int, float]:
+        value = t.value if t.value is not None else float("nan")
+        return (0 if t.state == TrialState.COMPLETE else 1,
+                -value if maximize and t.value is not None else value)
+
+    for t in sorted(trials, key=order):
+        value = "" if t.value is None else f"{t.value:.4f}"
+        if t.state == TrialState.FAIL:
+            value = str(t.user_attrs.get("error", ""))[:60]
+        table.add_row(str(t.number), t.state.name.lower(), value,
+                      *(short(t.params.get(name, "")) for name in space))
+    return table
 
 
 def best_table(best: optuna.trial.FrozenTrial, sweep: Sweep) -> Any:

@@ -77,15 +77,16 @@ def check_options(options: argparse.Namespace, train_args: list[str],
     trial runs: the options alone, with the folds, then the exact arguments of a trial with
     the values of the search space (a failure is narrowed down to the option it comes from).
     Returns the resolved config of the options (with the folds)."""
-    resolved_config(train_args)
+    config = resolved_config(train_args)
     fold_args = [f"--data.init_args.folds={options.folds}", "--data.init_args.fold=0"] \
         if options.folds else []
-    try:
-        config = resolved_config([*train_args, *fold_args])
-    except SweepError as error:
-        raise SweepError(f"--folds needs a datamodule with folds and fold arguments "
-                         f"(datamodules.base.ClassificationDataModule has them): {error}"
-                         ) from None
+    if fold_args:  # the options alone are fine: a failure now is the datamodule's
+        try:
+            config = resolved_config([*train_args, *fold_args])
+        except SweepError as error:
+            raise SweepError(f"--folds needs a datamodule with folds and fold arguments "
+                             f"(datamodules.base.ClassificationDataModule has them): {error}"
+                             ) from None
     check_run_placement(config)
     monitor = config["checkpoint"]["monitor"]
     for values in sample_values(space):
