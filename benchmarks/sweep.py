@@ -24,6 +24,8 @@ from pathlib import Path
 import optuna
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from overhead import paired_ratio  # noqa: E402
 
 
 def sweep_once(workdir: Path, search: Path, trials: int, jobs: int) -> tuple[float, float]:
@@ -62,8 +64,8 @@ def main() -> None:
                                                 args.trials, jobs))
                 print(f"round {round_ + 1}/{args.repeats}, --jobs {jobs}: "
                       f"{results[jobs][-1][0]:.1f} s", file=sys.stderr, flush=True)
-    ratio = statistics.median(one[0] / two[0] for one, two in zip(results[1], results[2],
-                                                                     strict=True))
+    seconds = {jobs: [r[0] for r in runs] for jobs, runs in results.items()}
+    ratio = paired_ratio(seconds, 1, 2)
     print(f"{args.trials}-trial sweep of the default run ({args.search.name}), {args.repeats} "
           "alternating rounds; times: median over rounds")
     print("| workers | wall time | per trial | pruned |")
