@@ -23,7 +23,7 @@ from typing import Any
 import lightning.pytorch
 from jsonargparse import ActionConfigFile
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -35,13 +35,17 @@ from callbacks.checkpoint import Checkpoint, resolve_last_checkpoint
 from callbacks.finite_loss import NonFiniteLossError
 from callbacks.prediction_writer import PredictionCSVWriter, class_names_in
 from callbacks.run_summary import RunSummary
+from configs.task_defaults import NoDefaultModel, with_default_model
 from datamodules.validation import DataError, data_error_in
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
-# What the model's __init__ gets from the datamodule (data attribute, model argument).
-LINKS = (("num_classes", "num_classes"), ("class_names", "class_names"),
-         ("num_features", "in_features"))
+# What the model's __init__ gets from the datamodule (data attribute, model argument), where
+# the model takes that argument: the task, the outputs and the input size the data knows.
+LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "class_names"),
+         ("num_outputs", "num_outputs"), ("target_names", "target_names"),
+         ("target_mean", "target_mean"), ("target_std", "target_std"),
+         ("num_features", "in_features"), ("in_channels", "in_channels"))
 
 
 class TemplateCLI(LightningCLI):
@@ -58,7 +62,10 @@ class TemplateCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
+        parser.add_argument("--predictions", type=BasePredictionWriter | None,
+                            default=None,
+                            help="What `predict` writes (null: nothing; or your own "
+                                 "BasePredictionWriter).")
         parser.add_argument("--run_callbacks", type=list[Callback] | None, default=None,
                             help="What every run does, besides trainer.callbacks (see "
                                  "configs/default.yaml); a list here replaces the whole list.")
@@ -73,13 +80,20 @@ class TemplateCLI(LightningCLI):
         # main() always gives it (it inserts the subcommand).
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
-        resolve_last_checkpoint(self.config[subcommand] if subcommand else self.config)
+        config = self.config[subcommand] if subcommand else self.config
+        resolve_last_checkpoint(config)
+        # LightningCLI replaces the model's class and arguments by the checkpoint's next.
+        self.configured_model = (config.get("model") or {}).get("class_path")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_file():
             raise DataError(f"checkpoint not found: {ckpt_path}")
+        used = (config.get("model") or {}).get("class_path")
+        if self.configured_model and used and used != self.configured_model:
+            rank_zero_info(f"{self.subcommand}: the checkpoint holds a {used}; it is used "
+                           f"instead of the configured {self.configured_model}")
         if self.subcommand == "predict":
             if not ckpt_path:
                 raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
@@ -104,6 +118,8 @@ class TemplateCLI(LightningCLI):
         listed = config["trainer"].get("callbacks") or []
         listed = [listed] if isinstance(listed, Callback) else list(listed)
         callbacks = [*listed, *(config.get("run_callbacks") or [])]
+        if config.get("predictions") is not None:
+            callbacks.append(config["predictions"])
         if config["trainer"].get("enable_progress_bar") is False:  # it wins over a listed bar
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
@@ -118,6 +134,12 @@ def main(args: list[str] | None = None) -> TemplateCLI:
     if fit_then_test:
         argv.insert(0, "fit")
     stage, argv = argv[0], configs.expand_aliases(argv)
+    if configs.chooses_data(argv):  # no digits.yaml: the model follows the data's task
+        try:
+            argv = with_default_model(argv)
+        except NoDefaultModel as error:
+            sys.stderr.write(f"train.py: error: {error}\n")
+            sys.exit(2)
     defaults = {"default_config_files": configs.default_config_files(argv),
                 "epilog": configs.ALIAS_HELP}
     try:

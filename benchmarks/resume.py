@@ -5,7 +5,7 @@ which records its position) against a plain ``DataLoader``, and one step checkpo
 
 1. **Loader alone**: every training batch of ``--epochs`` epochs, read through the datamodule's
    ``train_dataloader()`` (same dataset, sampler, batch size and workers; only the loader class
-   differs, ``ClassificationDataModule.train_loader_class``: the template's
+   differs, ``TableDataModule.train_loader_class``: the template's
    ``datamodules.resume.ResumableLoader`` or a plain ``DataLoader``):
    - the digits default: cached uint8 images, batch 16, no loader workers;
    - 2,000 64x64 RGB PNGs decoded per sample with a random crop + flip, batch 64, 2 workers.
@@ -43,7 +43,7 @@ from data_pipeline import make_images  # noqa: E402
 from overhead import default_recipe_data, fit_clock, paired_ratio, redirected_to_file  # noqa: E402
 
 import train  # noqa: E402
-from datamodules.base import ClassificationDataModule  # noqa: E402
+from datamodules.base import TableDataModule  # noqa: E402
 from datamodules.image_csv import ImageCSVDataModule  # noqa: E402
 from datamodules.resume import ResumableLoader  # noqa: E402
 
@@ -53,15 +53,15 @@ LOADERS: dict[str, type[DataLoader]] = {"plain DataLoader": DataLoader,
 
 @contextlib.contextmanager
 def training_loader_class(loader_class: type[DataLoader]) -> Iterator[None]:
-    original = ClassificationDataModule.train_loader_class
-    ClassificationDataModule.train_loader_class = loader_class
+    original = TableDataModule.train_loader_class
+    TableDataModule.train_loader_class = loader_class
     try:
         yield
     finally:
-        ClassificationDataModule.train_loader_class = original
+        TableDataModule.train_loader_class = original
 
 
-def read_epochs(data: ClassificationDataModule, epochs: int) -> tuple[float, int]:
+def read_epochs(data: TableDataModule, epochs: int) -> tuple[float, int]:
     """Seconds to read every training batch of ``epochs`` epochs, and the batch count."""
     loader = data.train_dataloader()
     batches = 0
@@ -101,7 +101,7 @@ def measure(repeats: int, epochs: int, workdir: Path) -> dict[str, dict[str, lis
     logs = workdir / "logs"
     steps: dict[str, int] = {}
 
-    def loader_variant(data: ClassificationDataModule, loader: type[DataLoader]
+    def loader_variant(data: TableDataModule, loader: type[DataLoader]
                        ) -> Callable[[], float]:
         def run() -> float:
             with training_loader_class(loader):

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.nn.parameter import is_lazy
 from torch.utils.data import default_collate
 
 from datamodules.validation import DataError
@@ -25,24 +27,19 @@ class CheckModelTakesData(Callback):
 
     A module without ``forward``, whose ``forward`` does not take the inputs alone, or that
     builds its layers in its own ``setup``/``configure_model`` (after this), is left to
-    Lightning. Datamodules other than this template's are skipped: lazy layers then need
-    Lightning's own handling (a dry run in the module's ``setup``).
+    Lightning. With a LightningDataModule of the user's own, the check runs only when the
+    module has lazy layers, on its first validation (else training) batch.
     Skipped for compiled backbones (``compile_backbone``): compiling twice costs more than it
     saves.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        datasets = getattr(datamodule, "datasets", None)
-        if stage != "fit" or not isinstance(datasets, dict):
+        if stage != "fit" or getattr(pl_module, "hparams", {}).get("compile_backbone"):
             return
-        if getattr(pl_module, "hparams", {}).get("compile_backbone"):
+        batch = self.first_batch(trainer, pl_module)
+        if batch is None:
             return
-        dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())), None)
-        if dataset is None:
-            return
-        batch: Any = default_collate([dataset[0]])
-        batch = datamodule.on_after_batch_transfer(batch, 0)  # the eval batch transforms
+        batch = trainer.datamodule.on_after_batch_transfer(batch, 0)  # eval batch transforms
         inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
         was_training = pl_module.training
         pl_module.eval()
@@ -62,3 +59,25 @@ class CheckModelTakesData(Callback):
                 "in_channels) against the data.") from error
         finally:
             pl_module.train(was_training)
+
+    @staticmethod
+    def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:
+        """One sample as a batch: from this template's datamodules' ``datasets``; from any
+        other LightningDataModule only when the module has lazy layers (its first validation,
+        else training, batch: the loader is started once for it)."""
+        datamodule = trainer.datamodule
+        if datamodule is None:
+            return None
+        datasets = getattr(datamodule, "datasets", None)
+        if isinstance(datasets, dict):
+            dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())),
+                           None)
+            return None if dataset is None else default_collate([dataset[0]])
+        if not any(is_lazy(p) for p in pl_module.parameters()):
+            return None
+        for hook in ("val_dataloader", "train_dataloader"):
+            if is_overridden(hook, datamodule):
+                loader = getattr(datamodule, hook)()
+                loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+                return next(iter(loader), None)
+        return None

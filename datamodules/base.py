@@ -1,5 +1,5 @@
-"""What every table-driven classification datamodule shares: reading and checking the table,
-splits, the class list, samplers, loaders and batch-level transforms.
+"""What every table-driven datamodule shares: reading and checking the table, the task's
+targets, splits, the class list, samplers, loaders and batch-level transforms.
 
 A subclass says how to load its table, what is wrong with a row, and how to build a dataset from
 rows; this class does the rest in the same order for every source, so bad input is reported the
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.batch_transforms import apply_to_inputs
@@ -41,6 +43,16 @@ from datamodules.validation import DataError, DataValidationError, Problem
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+# What the rows are for. The targets reach the model as: int64 class index (multiclass),
+# float32 multi-hot (multilabel), float32 values in the table's units ((N,) for one column,
+# (N, K) for several: regression), an int64 (H, W) mask (segmentation), nothing (none: the
+# batch is the inputs alone).
+Task = Literal["multiclass", "multilabel", "regression", "segmentation", "none"]
+TASKS = typing.get_args(Task)
+# Under multiclass, a label column with more distinct values than this share of its rows (and
+# at least MIN_ROWS_FOR_CLASS_CHECK rows) is taken for a continuous target and refused.
+MAX_CLASS_SHARE = 0.5
+MIN_ROWS_FOR_CLASS_CHECK = 20
 
 
 def default_num_workers(ranks_per_node: int = 1) -> int:
@@ -69,10 +81,23 @@ def label_key(value: object) -> str:
 
 def class_names_from(labels: pd.Series) -> list[str]:
     """Sorted class names; integer-like labels sort numerically (2 before 10)."""
-    keys = sorted({label_key(v) for v in labels})
-    if all(k.lstrip("-").isdigit() for k in keys):
-        keys.sort(key=int)
-    return keys
+    return sorted_names({label_key(v) for v in labels})
+
+
+def sorted_names(keys: set[str]) -> list[str]:
+    names = sorted(keys)
+    if all(k.lstrip("-").isdigit() for k in names):
+        names.sort(key=int)
+    return names
+
+
+def quantile_bins(values: np.ndarray, rows_per_bin: int = 10, max_bins: int = 10) -> np.ndarray:
+    """Regression rows stratified by value: up to ``max_bins`` quantile bins of at least
+    ``rows_per_bin`` rows, so every split spans the target's range."""
+    bins = max(1, min(max_bins, len(values) // rows_per_bin))
+    if bins == 1:
+        return np.zeros(len(values), dtype=int)
+    return pd.qcut(pd.Series(values).rank(method="first"), bins, labels=False).to_numpy()
 
 
 def read_table(path: Path, what: str = "annotations file") -> pd.DataFrame:
@@ -90,26 +115,45 @@ def read_table(path: Path, what: str = "annotations file") -> pd.DataFrame:
         return pd.DataFrame()
 
 
-class ClassificationDataModule(LightningDataModule):
+class TableDataModule(LightningDataModule):
     """Base of the CSV/image-folder and DataFrame datamodules.
 
     Args:
-        label_column: column with the class of each row (ints or strings).
+        task: what the rows are for, and so what the targets are:
+
+            * ``multiclass``: one ``label_column`` of classes (ints or strings) -> int64 index;
+            * ``multilabel``: a list of 0/1 ``label_column`` s, or one column of names joined
+              by ``label_delimiter`` (``"cat;dog"``) -> float32 multi-hot;
+            * ``regression``: one or more numeric ``label_column`` s -> float32 values in the
+              table's units, shape (N,) for one column and (N, K) for several;
+            * ``segmentation``: a ``mask_column`` of mask image paths (one class index per
+              pixel, ``class_names`` giving the classes of 0, 1, ...) -> int64 (H, W) masks;
+              geometric transforms move image and mask together;
+            * ``none``: no targets, the batch is the inputs alone (autoencoders, embeddings).
+        label_column: the target column, or a list of them (multilabel, regression); ignored
+            for ``segmentation`` and ``none``.
+        label_delimiter: multilabel from one column of names joined by this string.
+        mask_column: the column of mask paths (``segmentation``), relative to the image root.
+        ignore_index: a mask value that marks unlabelled pixels (e.g. 255): allowed in masks
+            besides the classes; the model should ignore it in its loss.
         split_column: optional column with ``train`` / ``val`` / ``test`` per row; without it
-            the rows are split with a seeded stratified split.
+            the rows are split with a seeded split, stratified where that means something: by
+            class (multiclass), by each row's rarest label (multilabel, so rare labels reach
+            every split), by quantile bins of the first target (regression); plain for
+            segmentation and none.
         test_fraction / val_fraction: the test share of all rows, then the validation share of
             the rest (only used without ``split_column``).
         split_seed: seed of that split, separate from the training seed so every training seed
             is scored on the same test set.
         folds / fold: k-fold cross-validation (``sweep.py --folds K`` sets them): the rows
-            outside the test split are dealt into ``folds`` stratified folds (seeded by
+            outside the test split are dealt into ``folds`` folds by the same strata (seeded by
             ``split_seed``); fold number ``fold`` validates, the others train. The test split
             is the same as without folds; ``val_fraction`` (or the split column's ``val``
             rows, which join the folds) no longer applies.
         sampler: how training rows are drawn: ``random`` (a new permutation each epoch),
-            ``sequential``, ``weighted`` (class-balanced, or by ``weight_column``) or
-            ``subset_random`` (a fixed ``subset_fraction`` of rows, reshuffled each epoch). All
-            are DDP-safe: the ranks shard one draw made from (seed, epoch).
+            ``sequential``, ``weighted`` (by ``weight_column``; without one, class-balanced for
+            multiclass) or ``subset_random`` (a fixed ``subset_fraction`` of rows, reshuffled
+            each epoch). All are DDP-safe: the ranks shard one draw made from (seed, epoch).
         weight_column: per-row sampling weights for ``sampler: weighted``.
         subset_fraction: share of training rows used by ``sampler: subset_random``.
         skip_invalid: drop invalid rows (and log how many) instead of failing.
@@ -119,18 +163,26 @@ class ClassificationDataModule(LightningDataModule):
         train_batch_transforms / eval_batch_transforms: transforms applied to whole batches
             after they reach the device (``on_after_batch_transfer``): with cached uint8 images
             this is where augmentation is cheapest, on the GPU when there is one.
-        class_names: the classes in the model's output order. Normally left out: the training
-            split's labels, sorted. ``train.py predict`` sets it from the checkpoint, so
-            predicting needs no training table.
+        class_names: the classes (multiclass, segmentation) or labels (multilabel) in the
+            model's output order. Normally left out: the training split's labels, sorted (the
+            label columns for multilabel). Segmentation needs them: mask value ``i`` is class
+            ``class_names[i]``. Given for multiclass, they also accept a label column with as
+            many classes as rows. ``train.py predict`` sets them from the checkpoint.
 
-    ``class_names``, ``num_classes`` and ``num_features`` are known before Lightning sets the
-    data up (reading and checking the table once, on first use): ``train.py`` hands them to
-    the model's ``__init__`` (LightningCLI ``link_arguments``), so configs never repeat them.
+    What the model is sized from is known before Lightning sets the data up (reading and
+    checking the table once, on first use): ``task``, ``class_names``, ``num_classes``,
+    ``num_outputs``, ``target_names``, ``target_mean``/``target_std`` (regression, from the
+    training split), ``num_features`` (tables) and ``in_channels`` (images). ``train.py`` hands
+    them to the model's ``__init__`` where it takes them (LightningCLI ``link_arguments``).
     """
 
     def __init__(
         self,
-        label_column: str = "label",
+        task: Task = "multiclass",
+        label_column: str | list[str] | None = "label",
+        label_delimiter: str | None = None,
+        mask_column: str | None = None,
+        ignore_index: int | None = None,
         split_column: str | None = None,
         test_fraction: float = 0.2,
         val_fraction: float = 0.1,
@@ -148,7 +200,13 @@ class ClassificationDataModule(LightningDataModule):
         class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        self.label_column = label_column
+        self.task = task
+        self.label_columns = check_task_options(task, label_column, label_delimiter,
+                                                mask_column, class_names)
+        self.label_column = self.label_columns[0] if self.label_columns else None
+        self.label_delimiter = label_delimiter
+        self.mask_column = mask_column if task == "segmentation" else None
+        self.ignore_index = ignore_index
         self.split_column = split_column
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
@@ -164,7 +222,10 @@ class ClassificationDataModule(LightningDataModule):
         self.train_batch_transforms = train_batch_transforms
         self.eval_batch_transforms = eval_batch_transforms
         self._class_names = [str(name) for name in class_names] if class_names else None
-        self._names_given = self._class_names is not None
+        if task == "multilabel" and label_delimiter is None and self._class_names is None:
+            self._class_names = list(self.label_columns)  # one 0/1 column per label
+        self._names_given = class_names is not None
+        self._target_stats: tuple[list[float], list[float]] | None = None
         self._table: pd.DataFrame | None = None
         self._split_rows: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
@@ -177,20 +238,64 @@ class ClassificationDataModule(LightningDataModule):
 
     # -- what the model is sized from --------------------------------------------------------
     @property
-    def class_names(self) -> list[str]:
-        """The classes in the model's output order (reads the table on first use)."""
+    def class_names(self) -> list[str] | None:
+        """The classes (labels for multilabel) in the model's output order; None for
+        regression and none. Reads the table on first use."""
+        if self.task in ("regression", "none"):
+            return None
         if self._class_names is None:
             self.table_and_splits()
-        assert self._class_names is not None
         return self._class_names
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
+    def num_classes(self) -> int | None:
+        names = self.class_names
+        return len(names) if names is not None else None
+
+    @property
+    def target_names(self) -> list[str] | None:
+        """The regression target columns, in the order of the model's outputs."""
+        return list(self.label_columns) if self.task == "regression" else None
+
+    @property
+    def num_outputs(self) -> int | None:
+        """How many values the model outputs per row (per pixel for segmentation)."""
+        if self.task == "regression":
+            return len(self.label_columns)
+        return self.num_classes
+
+    @property
+    def output_names(self) -> list[str] | None:
+        """Names of the model's outputs: classes, labels or regression targets."""
+        return self.target_names if self.task == "regression" else self.class_names
+
+    @property
+    def target_mean(self) -> list[float] | None:
+        """Regression: each target's mean over the training split (a model can learn the
+        standardised target and answer in the table's units)."""
+        return self._regression_stats()[0] if self.task == "regression" else None
+
+    @property
+    def target_std(self) -> list[float] | None:
+        return self._regression_stats()[1] if self.task == "regression" else None
+
+    def _regression_stats(self) -> tuple[list[float], list[float]]:
+        if self._target_stats is None:
+            table, split_rows = self.table_and_splits()
+            values = target_values(table.iloc[split_rows["train"]], self.label_columns)
+            std = values.std(axis=0)
+            self._target_stats = (values.mean(axis=0).tolist(),
+                                  np.where(std > 0, std, 1.0).tolist())
+        return self._target_stats
 
     @property
     def num_features(self) -> int | None:
         """Input features per row for tabular data; None where inputs are images."""
+        return None
+
+    @property
+    def in_channels(self) -> int | None:
+        """Image channels the model gets; None for tables or when unknown."""
         return None
 
     def table_and_splits(self) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -198,11 +303,12 @@ class ClassificationDataModule(LightningDataModule):
         if self._table is None:
             table = self.checked_table()
             split_rows = self.split_rows(table)
-            if self._class_names is None:
-                self._class_names = class_names_from(
-                    table.iloc[split_rows["train"]][self.label_column])
-            index = {name: i for i, name in enumerate(self._class_names)}
-            self.check_labels_known(table, split_rows, index)
+            if self._class_names is None and self.task in ("multiclass", "multilabel"):
+                train = table.iloc[split_rows["train"]]
+                self._class_names = sorted_names(
+                    {name for row in self.row_labels(train) for name in row})
+            if self.task in ("multiclass", "multilabel"):
+                self.check_labels_known(table, split_rows)
             self._table, self._split_rows = table, split_rows
         return self._table, self._split_rows
 
@@ -216,7 +322,8 @@ class ClassificationDataModule(LightningDataModule):
         raise NotImplementedError
 
     def required_columns(self) -> list[str]:
-        return [self.label_column] + [c for c in (self.split_column, self.weight_column) if c]
+        return [*self.label_columns, *(c for c in (self.mask_column, self.split_column,
+                                                   self.weight_column) if c)]
 
     def row_problems(self, table: pd.DataFrame) -> list[Problem]:
         """What is wrong with individual rows (files, features); checked before splitting."""
@@ -225,7 +332,10 @@ class ClassificationDataModule(LightningDataModule):
     def fit_on_train(self, train: pd.DataFrame) -> None:
         """Learn what must come from the training split only (e.g. feature statistics)."""
 
-    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray | None
+                      ) -> Dataset:
+        """A split's dataset: items ``(inputs, target)``, or the inputs alone when ``targets``
+        is None and the task has no masks (task ``none``)."""
         raise NotImplementedError
 
     def build_predict_dataset(self) -> Dataset:
@@ -245,15 +355,42 @@ class ClassificationDataModule(LightningDataModule):
         if all(split in self.datasets for split in SPLITS):
             return
         table, split_rows = self.table_and_splits()
-        index = {name: i for i, name in enumerate(self.class_names)}
         train = table.iloc[split_rows["train"]]
         self.fit_on_train(train)
         for split in SPLITS:
             rows = table.iloc[split_rows[split]]
-            targets = np.array([index[label_key(v)] for v in rows[self.label_column]],
-                               dtype=np.int64)
             self.split_tables[split] = rows
-            self.datasets[split] = self.build_dataset(split, rows, targets)
+            self.datasets[split] = self.build_dataset(split, rows, self.targets(rows))
+
+    def targets(self, rows: pd.DataFrame) -> np.ndarray | None:
+        """The rows' targets in the task's form (None for segmentation, whose targets are the
+        mask files, and for none)."""
+        if self.task == "multiclass":
+            index = {name: i for i, name in enumerate(self.class_names or [])}
+            return np.array([index[label_key(v)] for v in rows[self.label_column]],
+                            dtype=np.int64)
+        if self.task == "multilabel":
+            index = {name: i for i, name in enumerate(self.class_names or [])}
+            hot = np.zeros((len(rows), len(index)), dtype=np.float32)
+            for row, names in enumerate(self.row_labels(rows)):
+                hot[row, [index[n] for n in names]] = 1.0
+            return hot
+        if self.task == "regression":
+            values = target_values(rows, self.label_columns)
+            return values[:, 0] if values.shape[1] == 1 else values
+        return None
+
+    def row_labels(self, rows: pd.DataFrame) -> list[list[str]]:
+        """Each row's class names: one (multiclass), those whose 0/1 column is 1 or the
+        delimited names (multilabel)."""
+        if self.task == "multiclass":
+            return [[label_key(v)] for v in rows[self.label_column]]
+        if self.label_delimiter is None:
+            hot = rows[self.label_columns].to_numpy(dtype=float) == 1
+            return [[c for c, on in zip(self.label_columns, row, strict=True) if on]
+                    for row in hot]
+        return [[n.strip() for n in str(v).split(self.label_delimiter) if n.strip()]
+                if isinstance(v, str) else [] for v in rows[self.label_column]]
 
     def checked_table(self) -> pd.DataFrame:
         table = self.load_table()
@@ -264,10 +401,12 @@ class ClassificationDataModule(LightningDataModule):
             raise DataError(f"{self.source}: missing column(s) {missing}; "
                              f"found {list(table.columns)}")
         table = table.reset_index(drop=True)
-        problems = [Problem(int(r), f"no label in column {self.label_column!r}")
-                    for r in np.flatnonzero(table[self.label_column].isna().to_numpy())]
+        problems = target_problems(table, self.task, self.label_columns, self.label_delimiter)
         problems += self.row_problems(table)
-        return self.drop_or_raise(table, problems)
+        table = self.drop_or_raise(table, sorted(problems, key=lambda p: p.row))
+        if self.task == "multiclass" and not self._names_given:
+            check_looks_like_classes(self.source, table[self.label_column])
+        return table
 
     def drop_or_raise(self, table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
         if not problems:
@@ -302,7 +441,7 @@ class ClassificationDataModule(LightningDataModule):
                 raise DataError(f"{self.source}: column {self.split_column!r} has values "
                                  f"{unknown}; expected train, val or test")
             return {s: np.flatnonzero(column == s) for s in SPLITS}
-        labels = table[self.label_column].map(label_key).to_numpy()
+        labels = self.strata(table)
         rest, test = stratified_split(labels, self.test_fraction, self.split_seed)
         train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
         return {"train": rest[train], "val": rest[val], "test": test}
@@ -316,7 +455,7 @@ class ClassificationDataModule(LightningDataModule):
             raise DataError(f"fold {self.fold} does not exist: folds are 0 to {self.folds - 1}")
         fixed = fixed if fixed is not None else self.fixed_split_rows(table)
         rest = np.sort(np.concatenate([fixed["train"], fixed["val"]]))
-        labels = table[self.label_column].map(label_key).to_numpy()[rest]
+        labels = self.strata(table)[rest]
         try:
             return rest, stratified_folds(labels, self.folds, self.split_seed + 1)
         except ValueError as error:
@@ -329,22 +468,39 @@ class ClassificationDataModule(LightningDataModule):
         rest, folds = self.fold_assignment(table)
         part = np.full(len(table), "test", dtype=object)
         part[rest] = [str(f) for f in folds]
-        return pd.DataFrame({"row": np.arange(len(table)),
-                             "label": table[self.label_column].map(label_key), "part": part})
+        return pd.DataFrame({"row": np.arange(len(table)), "stratum": self.strata(table),
+                             "part": part})
 
-    def check_labels_known(
-        self, table: pd.DataFrame, split_rows: dict[str, np.ndarray], index: dict[str, int]
-    ) -> None:
+    def strata(self, table: pd.DataFrame) -> np.ndarray:
+        """The group each row is stratified by in splits and folds (see ``split_column``)."""
+        if self.task == "multiclass":
+            return table[self.label_column].map(label_key).to_numpy()
+        if self.task == "multilabel":
+            rows = self.row_labels(table)
+            counts: dict[str, int] = {}
+            for names in rows:
+                for name in names:
+                    counts[name] = counts.get(name, 0) + 1
+            return np.array([min(names, key=lambda n: (counts[n], n)) if names else ""
+                             for names in rows], dtype=object)
+        if self.task == "regression":
+            values = target_values(table, self.label_columns[:1])[:, 0]
+            return quantile_bins(values)
+        return np.zeros(len(table), dtype=int)
+
+    def check_labels_known(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]) -> None:
         """Every label must be one of the model's classes (validation/test labels: classes the
         model was trained on)."""
+        known = set(self._class_names or [])
         problems = []
         for split in SPLITS:
-            for row in split_rows[split]:
-                key = label_key(table[self.label_column].iloc[row])
-                if key not in index:
-                    what = "in class_names" if self._names_given else "a training class"
-                    problems.append(Problem(int(row), f"{split} label {key!r} is not "
-                                                      f"{what} {self.class_names}"))
+            rows = table.iloc[split_rows[split]]
+            for row, names in zip(split_rows[split], self.row_labels(rows), strict=True):
+                for key in names:
+                    if key not in known:
+                        what = "in class_names" if self._names_given else "a training class"
+                        problems.append(Problem(int(row), f"{split} label {key!r} is not "
+                                                          f"{what} {self._class_names}"))
         if problems:
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
 
@@ -393,8 +549,11 @@ class ClassificationDataModule(LightningDataModule):
             train = self.split_tables["train"]
             if self.weight_column:
                 weights = torch.as_tensor(pd.to_numeric(train[self.weight_column]).to_numpy())
-            else:
+            elif self.task == "multiclass":
                 weights = class_balanced_weights(self.datasets["train"].targets)
+            else:
+                raise DataError(f"sampler: weighted needs weight_column under task: {self.task} "
+                                "(class-balanced weights exist for multiclass only)")
             return WeightedShardSampler(weights, **shard)
         if self.sampler == "subset_random":
             if not 0 < self.subset_fraction <= 1:
@@ -439,8 +598,12 @@ class ClassificationDataModule(LightningDataModule):
         transform = self.train_batch_transforms if training else self.eval_batch_transforms
         if transform is None:
             return batch
-        if isinstance(batch, Tensor):  # predict batches are the inputs alone
+        if isinstance(batch, Tensor):  # predict batches (and task none) are the inputs alone
             return transform(batch)
+        if self.task == "segmentation" and isinstance(batch, (tuple, list)) and len(batch) == 2:
+            # Geometric batch transforms must move the masks with the images.
+            images, masks = transform(batch[0], tv_tensors.Mask(batch[1]))
+            return images, masks.as_subclass(Tensor)
         return apply_to_inputs(transform, batch) if isinstance(batch, (tuple, list)) else batch
 
     # -- checkpoint state ---------------------------------------------------------------------
@@ -499,8 +662,92 @@ class ClassificationDataModule(LightningDataModule):
         return self._resume_settings
 
 
-def targets_tensor(targets: np.ndarray | None, length: int) -> Tensor:
-    """Targets as int64, or -1 for unlabelled rows (prediction)."""
-    if targets is None:
-        return torch.full((length,), -1, dtype=torch.long)
-    return torch.as_tensor(targets, dtype=torch.long)
+def targets_tensor(targets: np.ndarray | None) -> Tensor | None:
+    """Targets as a tensor of their own dtype (int64 classes, float32 values or multi-hot), or
+    None where the items are the inputs alone (prediction, task none)."""
+    return None if targets is None else torch.as_tensor(targets)
+
+
+def check_task_options(task: str, label_column: str | list[str] | None,
+                       label_delimiter: str | None, mask_column: str | None,
+                       class_names: list[str] | None) -> list[str]:
+    """The label columns the task reads, after checking that the options express the task."""
+    if task not in TASKS:
+        raise DataError(f"task: {task!r} is not one of {', '.join(TASKS)}")
+    columns = [] if label_column is None else (
+        [label_column] if isinstance(label_column, str) else list(label_column))
+    if task in ("segmentation", "none"):
+        if task == "segmentation" and not mask_column:
+            raise DataError("task: segmentation needs mask_column, the column of mask image paths")
+        if task == "segmentation" and not class_names:
+            raise DataError("task: segmentation needs class_names, the class of mask value 0, "
+                            "1, ... (e.g. class_names: [background, cell])")
+        return []
+    if not columns:
+        raise DataError(f"task: {task} needs label_column (use task: none for data without "
+                        "targets)")
+    if task == "multiclass" and len(columns) > 1:
+        raise DataError(f"task: multiclass takes one label_column, got {columns}: a list of 0/1 "
+                        "columns is task: multilabel, of numbers task: regression")
+    if task == "multilabel" and len(columns) == 1 and label_delimiter is None:
+        raise DataError("task: multilabel with one label_column needs label_delimiter (e.g. "
+                        "';' for 'cat;dog'), or give label_column a list of 0/1 columns")
+    if task == "multilabel" and len(columns) > 1 and label_delimiter is not None:
+        raise DataError("task: multilabel: label_delimiter reads one column of names; with a "
+                        "list of 0/1 columns leave it unset")
+    return columns
+
+
+def target_values(rows: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """Regression targets as float32 (rows, columns), as the table holds them."""
+    return np.stack([pd.to_numeric(rows[c], errors="coerce").to_numpy(dtype=np.float32)
+                     for c in columns], axis=1)
+
+
+def target_problems(table: pd.DataFrame, task: str, columns: list[str],
+                    delimiter: str | None) -> list[Problem]:
+    """Rows whose targets the task cannot read: a missing label, a regression target that is
+    not a finite number, a multilabel column value other than 0/1."""
+    problems = []
+    for column in columns:
+        cells = table[column]
+        empty = cells.isna() | (cells.astype(str).str.strip() == "")
+        if task == "multilabel" and delimiter is not None:
+            continue  # an empty cell there is a row without labels
+        for row in np.flatnonzero(empty.to_numpy()):
+            problems.append(Problem(int(row), f"no {'target' if task == 'regression' else 'label'}"
+                                              f" in column {column!r}"))
+        if task == "regression":
+            values = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=float)
+            for row in np.flatnonzero(~np.isfinite(values) & ~empty.to_numpy()):
+                value = plain(cells.iloc[row])
+                problems.append(Problem(int(row), f"target {column!r} is {value!r}, not a "
+                                                  "finite number"))
+        if task == "multilabel":
+            values = pd.to_numeric(cells, errors="coerce")
+            for row in np.flatnonzero((~values.isin([0, 1]) & ~empty).to_numpy()):
+                problems.append(Problem(int(row), f"label column {column!r} is "
+                                                  f"{plain(cells.iloc[row])!r}, not 0 or 1"))
+    return problems
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds, for messages (2, not np.int64(2))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def check_looks_like_classes(source: str, labels: pd.Series) -> None:
+    """Refuse, under multiclass, a label column that holds a continuous quantity: fractional
+    numbers, or nearly one class per row. Never a silent guess: it names the task to set."""
+    numbers = pd.to_numeric(labels, errors="coerce")
+    if numbers.notna().all():
+        fractional = numbers[(numbers % 1) != 0]
+        if len(fractional):
+            raise DataError(f"{source}: label column {labels.name!r} holds non-integer numbers "
+                            f"(e.g. {plain(fractional.iloc[0])!r}); for a continuous target set "
+                            "task: regression")
+    distinct = labels.map(label_key).nunique()
+    if len(labels) >= MIN_ROWS_FOR_CLASS_CHECK and distinct > MAX_CLASS_SHARE * len(labels):
+        raise DataError(f"{source}: label column {labels.name!r} has {distinct} classes in "
+                        f"{len(labels)} rows, nearly one per row; for a continuous target set "
+                        "task: regression (or give class_names to keep them as classes)")

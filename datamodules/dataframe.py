@@ -1,4 +1,4 @@
-"""Classification from a pandas DataFrame (in memory, or a CSV/Parquet file): numeric feature
+"""Any task from a pandas DataFrame (in memory, or a CSV/Parquet file): numeric feature
 columns for tabular models, or one image column holding file paths, encoded bytes or arrays."""
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.base import ClassificationDataModule, read_table, targets_tensor
+from datamodules.base import TableDataModule, read_table, targets_tensor
 from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.samplers import call_with_seed
 from datamodules.stacked_batch import StackedSamples
 from datamodules.validation import (
     DataError,
+    DataValidationError,
     Problem,
     check_image_file,
     non_finite_feature_problems,
@@ -29,20 +30,25 @@ from datamodules.validation import (
 
 
 class FeatureDataset(Dataset):
-    """Rows of standardised float32 features with their targets."""
+    """Rows of standardised float32 features with their targets, or the features alone
+    (``targets`` None: prediction, task none)."""
 
     def __init__(self, features: np.ndarray, targets: np.ndarray | None) -> None:
         self.features = torch.as_tensor(features, dtype=torch.float32)
-        self.targets = targets_tensor(targets, len(self.features))
+        self.targets = targets_tensor(targets)
 
     def __len__(self) -> int:
         return len(self.features)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Any:
+        if self.targets is None:
+            return self.features[index]
         return self.features[index], self.targets[index]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A batch's rows with one indexing operation instead of a call per row."""
+        if self.targets is None:
+            return [self[index] for index in indices]
         return StackedSamples.gather(self.features, self.targets, indices)
 
 
@@ -52,19 +58,19 @@ class InMemoryImageDataset(Dataset):
     def __init__(self, cells: Sequence[Any], targets: np.ndarray | None, read_mode: ReadMode,
                  transform: v2.Transform | None) -> None:
         self.cells = list(cells)
-        self.targets = targets_tensor(targets, len(self.cells))
+        self.targets = targets_tensor(targets)
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.cells)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Any:
         image = cell_to_image(self.cells[index], self.mode)
         if self.transform is not None:
             # Seeded per draw by the training sampler: see datamodules.samplers.SeededIndex.
             image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
-        return image, self.targets[index]
+        return image if self.targets is None else (image, self.targets[index])
 
 
 def cell_to_image(cell: Any, mode: ImageReadMode) -> Tensor:
@@ -83,7 +89,7 @@ def cell_to_image(cell: Any, mode: ImageReadMode) -> Tensor:
     return image.contiguous()
 
 
-class DataFrameDataModule(ClassificationDataModule):
+class DataFrameDataModule(TableDataModule):
     """Train/val/test loaders over a DataFrame.
 
     Args:
@@ -97,8 +103,10 @@ class DataFrameDataModule(ClassificationDataModule):
         image_root: folder for relative paths in ``image_column``.
         read_mode / train_transforms / eval_transforms: as for images in
             :class:`~datamodules.image_csv.ImageCSVDataModule`.
+        predict_path: a table (CSV, Parquet, ...) of rows to predict, with the training
+            table's feature (or image) columns; target columns may be there or not.
         **kwargs: split, sampler, loader and batch-transform options of
-            :class:`~datamodules.base.ClassificationDataModule`.
+            :class:`~datamodules.base.TableDataModule`.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class DataFrameDataModule(ClassificationDataModule):
         read_mode: ReadMode = "RGB",
         train_transforms: v2.Transform | None = None,
         eval_transforms: v2.Transform | None = None,
+        predict_path: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,8 +135,13 @@ class DataFrameDataModule(ClassificationDataModule):
         to_float = v2.ToDtype(torch.float32, scale=True)
         self.eval_transforms = eval_transforms or to_float
         self.train_transforms = train_transforms or self.eval_transforms
+        self.predict_path = Path(predict_path) if predict_path is not None else None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None
+        self.trained_features: list[str] | None = None  # from a checkpoint: predict uses them
+        if self.task == "segmentation" and image_column is None:
+            raise DataError("task: segmentation needs image_column (image paths) beside "
+                            "mask_column")
 
     @property
     def source(self) -> str:
@@ -150,9 +164,15 @@ class DataFrameDataModule(ClassificationDataModule):
         extra = [self.image_column] if self.image_column else list(self.feature_columns or [])
         return [*extra, *super().required_columns()]
 
+    @property
+    def in_channels(self) -> int | None:
+        return {"GRAY": 1, "RGB": 3}.get(self.read_mode) if self.image_column else None
+
     def features(self, table: pd.DataFrame) -> list[str]:
         if self.feature_columns:
             return list(self.feature_columns)
+        if self.trained_features is not None:
+            return list(self.trained_features)
         reserved = set(super().required_columns())
         return [c for c in table.columns
                 if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
@@ -184,7 +204,8 @@ class DataFrameDataModule(ClassificationDataModule):
             # A constant feature would divide by zero: leave it centred but unscaled.
             self.std = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.0)
 
-    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray | None
+                      ) -> Dataset:
         transform = self.train_transforms if split == "train" else self.eval_transforms
         if self.image_column is None:
             values = table[self.features(table)].to_numpy(dtype=np.float64)
@@ -192,10 +213,45 @@ class DataFrameDataModule(ClassificationDataModule):
                 values = (values - self.mean) / self.std
             return FeatureDataset(values, targets)
         cells = table[self.image_column].tolist()
+        masks = ([self.image_root / str(m) for m in table[self.mask_column]]
+                 if self.mask_column and split != "predict" else None)
         if all(isinstance(c, (str, Path)) for c in cells):
             return ImageCSVDataset([self.image_root / c for c in cells], targets, self.read_mode,
-                                   transform)
+                                   transform, masks=masks)
+        if masks is not None:
+            raise DataError(f"{self.source}: task: segmentation needs image_column to hold "
+                            "image paths")
         return InMemoryImageDataset(cells, targets, self.read_mode, transform)
+
+    def build_predict_dataset(self) -> Dataset:
+        """The rows of ``predict_path``, through the training split's feature statistics (from
+        the checkpoint), inputs only."""
+        if self.predict_path is None:
+            raise DataError("nothing to predict: set data.init_args.predict_path to a table of "
+                            "rows with the training table's feature columns")
+        table = read_table(self.predict_path, what="predict table").reset_index(drop=True)
+        if table.empty:
+            raise DataError(f"{self.predict_path}: the table has no rows")
+        needed = [self.image_column] if self.image_column else self.features(table)
+        missing = [c for c in needed if c not in table.columns]
+        if missing:
+            raise DataError(f"{self.predict_path}: missing column(s) {missing}; found "
+                            f"{list(table.columns)}")
+        if self.image_column is None:
+            problems = non_finite_feature_problems(table, needed)
+            if problems:
+                raise DataValidationError(str(self.predict_path), problems)
+        return self.build_dataset("predict", table, None)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage != "predict":  # the predict rows are read in predict_dataloader
+            super().setup(stage)
+
+    def predict_dataloader(self) -> Any:
+        # Built here, not in setup: Lightning restores the checkpoint's datamodule state (the
+        # feature columns and their statistics) after setup and before the loaders.
+        self.datasets["predict"] = self.build_predict_dataset()
+        return super().predict_dataloader()
 
     def preprocessing(self) -> dict[str, Any] | None:
         """What a model exported without this code needs to know about its input: the feature
@@ -220,6 +276,8 @@ class DataFrameDataModule(ClassificationDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        if "feature_columns" in state_dict:
+            self.trained_features = list(state_dict["feature_columns"])
         if "mean" in state_dict:
             self.mean = np.asarray(state_dict["mean"])
             self.std = np.asarray(state_dict["std"])

@@ -20,10 +20,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from datamodules.base import ClassificationDataModule, read_table, targets_tensor
+from datamodules.base import TableDataModule, read_table, targets_tensor
 from datamodules.batch_transforms import flatten_transforms
 from datamodules.samplers import call_with_seed
 from datamodules.stacked_batch import StackedSamples
@@ -32,8 +33,10 @@ from datamodules.validation import (
     DataError,
     Problem,
     check_image_files,
+    check_masks,
     first_problems,
     load_image,
+    load_mask,
 )
 
 log = logging.getLogger(__name__)
@@ -47,10 +50,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".ti
 
 
 class ImageCSVDataset(Dataset):
-    """(image, target) pairs from a list of files; ``target`` is -1 where there is no label.
+    """Samples from a list of image files: ``(image, target)``, ``(image, mask)`` with
+    ``masks`` (segmentation), or the image alone when there are neither (prediction, task
+    none). ``targets`` may hold class indices, multi-hot rows or regression values.
 
     With ``cache`` (decoded uint8 images, one per path: a list, or one ``N x C x H x W`` tensor
-    when they all have the same size) no file is opened at all.
+    when they all have the same size) no image file is opened at all.
     """
 
     def __init__(
@@ -58,12 +63,14 @@ class ImageCSVDataset(Dataset):
         paths: Sequence[Path | str],
         targets: np.ndarray | None = None,
         read_mode: ReadMode = "RGB",
-        transform: Callable[[Tensor], Tensor] | None = None,
+        transform: Callable[..., Any] | None = None,
         cache: Sequence[Tensor] | Tensor | None = None,
+        masks: Sequence[Path | str] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self._files = [str(p) for p in self.paths]  # decode_image takes str: convert once
-        self.targets = targets_tensor(targets, len(self.paths))
+        self.targets = targets_tensor(targets)
+        self.masks = [str(m) for m in masks] if masks is not None else None
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
         self.cache = cache
@@ -71,35 +78,35 @@ class ImageCSVDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> Any:
         image = self.cache[index] if self.cache is not None else load_image(self._files[index],
                                                                            self.mode)
+        # Seeded per draw by the training sampler (seed, epoch, position), so augmentation
+        # does not depend on worker count or lifetime: see datamodules.samplers.SeededIndex.
+        seed = getattr(index, "seed", None)
+        if self.masks is not None:
+            # One call on both: a random crop or flip moves the mask with the image (v2 applies
+            # geometric transforms to tv_tensors.Mask with nearest interpolation, and leaves
+            # masks out of colour, dtype and normalisation steps).
+            mask = tv_tensors.Mask(load_mask(self.masks[index]))
+            if self.transform is not None:
+                image, mask = call_with_seed(self.transform, image, mask, seed=seed)
+            return image, mask.as_subclass(Tensor)
         if self.transform is not None:
-            # Seeded per draw by the training sampler (seed, epoch, position), so augmentation
-            # does not depend on worker count or lifetime: see datamodules.samplers.SeededIndex.
-            image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
-        return image, self.targets[index]
+            image = call_with_seed(self.transform, image, seed=seed)
+        return image if self.targets is None else (image, self.targets[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A batch's samples (the DataLoader calls this instead of one ``__getitem__`` each).
         Cached images of one size that have no per-image transform (augmentation runs on the
         batch) are gathered with one indexing operation: ~10x less per-sample Python."""
-        if self.transform is not None or not isinstance(self.cache, Tensor):
+        if (self.transform is not None or not isinstance(self.cache, Tensor)
+                or self.targets is None or self.masks is not None):
             return [self[index] for index in indices]
         return StackedSamples.gather(self.cache, self.targets, indices)
 
 
-class PredictImageDataset(ImageCSVDataset):
-    """Images only, so the default ``predict_step`` (``model(batch)``) works for any module whose
-    ``forward`` takes a batch of images. Lightning hands prediction writers each batch's dataset
-    indices, which map a prediction back to ``paths[index]`` whatever rank computed it."""
-
-    def __getitem__(self, index: int) -> Tensor:  # type: ignore[override]
-        image, _ = super().__getitem__(index)
-        return image
-
-
-class ImageCSVDataModule(ClassificationDataModule):
+class ImageCSVDataModule(TableDataModule):
     """Train/val/test loaders over an annotations table and an image folder.
 
     Args:
@@ -124,7 +131,7 @@ class ImageCSVDataModule(ClassificationDataModule):
             ``image_root`` if given, else to the table's folder. Unreadable images are reported
             with their paths and skipped.
         **kwargs: split, sampler, loader and batch-transform options of
-            :class:`~datamodules.base.ClassificationDataModule`.
+            :class:`~datamodules.base.TableDataModule`.
     """
 
     def __init__(
@@ -176,6 +183,15 @@ class ImageCSVDataModule(ClassificationDataModule):
     def required_columns(self) -> list[str]:
         return [self.path_column, *super().required_columns()]
 
+    @property
+    def in_channels(self) -> int | None:
+        return CHANNELS.get(self.read_mode)
+
+    def mask_paths(self, table: pd.DataFrame) -> list[Path] | None:
+        if self.mask_column is None:
+            return None
+        return [self.image_root / str(p) for p in table[self.mask_column]]
+
     def fold_table(self) -> pd.DataFrame:
         """The base class's fold table with each row's image path."""
         parts = super().fold_table()
@@ -192,6 +208,13 @@ class ImageCSVDataModule(ClassificationDataModule):
         decode = self.validate_images == "full" and not self.cache_images  # the cache decodes
         issues = check_image_files(paths, self.image_root, decode, self.max_pixels)
         problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
+        masks = self.mask_paths(table)
+        if masks is not None:
+            bad_rows = {p.row for p in problems}
+            rows = [r for r in range(len(paths)) if r not in bad_rows]
+            issues = check_masks([paths[r] for r in rows], [masks[r] for r in rows],
+                                 self.image_root, len(self.class_names or []), self.ignore_index)
+            problems += [Problem(row, msg) for row, msg in zip(rows, issues, strict=True) if msg]
         if self.cache_images:
             bad_rows = {p.row for p in problems}
             problems += self.fill_cache([p for r, p in enumerate(paths) if r not in bad_rows],
@@ -235,11 +258,13 @@ class ImageCSVDataModule(ClassificationDataModule):
             )
         log.info("caching %d images (%.1f MB)", len(paths), needed / 1e6)
 
-    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray) -> Dataset:
+    def build_dataset(self, split: str, table: pd.DataFrame, targets: np.ndarray | None
+                      ) -> Dataset:
         paths = self.image_paths(table)
         transform = self.train_transforms if split == "train" else self.eval_transforms
         cache = self.split_cache(paths) if self.cache_images else None
-        return ImageCSVDataset(paths, targets, self.read_mode, transform, cache)
+        return ImageCSVDataset(paths, targets, self.read_mode, transform, cache,
+                               masks=self.mask_paths(table))
 
     def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:
         """A split's cached images as one ``N x C x H x W`` tensor when they share a size (a
@@ -291,7 +316,7 @@ class ImageCSVDataModule(ClassificationDataModule):
         if not readable:
             raise DataError(f"predict_path {self.predict_path}: none of the {len(files)} "
                             "image(s) can be read")
-        return PredictImageDataset(readable, None, self.read_mode, self.eval_transforms)
+        return ImageCSVDataset(readable, None, self.read_mode, self.eval_transforms)
 
     def report_unreadable(self, total: int) -> None:
         """One summary line, then each skipped file with the reason (the first few; the
@@ -315,7 +340,7 @@ class ImageCSVDataModule(ClassificationDataModule):
         if dataset is None:
             return None
         try:
-            item = dataset[0]  # (image, target), or the image alone for predict
+            item = dataset[0]  # (image, target), or the image alone (predict, task none)
             batch = (item[0] if isinstance(item, tuple) else item).unsqueeze(0)
             if self.eval_batch_transforms is not None:
                 batch = self.eval_batch_transforms(batch)

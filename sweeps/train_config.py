@@ -85,7 +85,7 @@ def check_options(options: argparse.Namespace, train_args: list[str],
             config = resolved_config([*train_args, *fold_args])
         except SweepError as error:
             raise SweepError(f"--folds needs a datamodule with folds and fold arguments "
-                             f"(datamodules.base.ClassificationDataModule has them): {error}"
+                             f"(datamodules.base.TableDataModule has them): {error}"
                              ) from None
     check_run_placement(config)
     monitor = config["checkpoint"]["monitor"]
