@@ -1,10 +1,17 @@
 """The default LightningModule: a classifier around any ``nn.Module`` backbone.
 
 The story of a run, top to bottom: the backbone is built in ``__init__`` for ``num_classes``
-(train.py links it from the datamodule, so configs never repeat it), every stage runs the same
-``_shared_step``
-(loss + torchmetrics), and ``configure_optimizers`` turns the optimizer and scheduler callables
-from the config into weight-decay parameter groups and a schedule sized from the trainer.
+(train.py links it, the task and the input size from the datamodule, so configs never repeat
+them), every stage runs the same ``_shared_step`` (loss + torchmetrics), and
+``configure_optimizers`` hands the optimizer and scheduler callables from the config to
+``models.optim.optimizers_from_config``.
+
+Two tasks, one module: ``multiclass`` (one class per input: cross-entropy, softmax) and
+``multilabel`` (any number of labels per input: a sigmoid and binary cross-entropy per label).
+They share the backbone, the head width (one logit per class or label) and all the wiring.
+
+The helpers at the bottom (``build_backbone``, ``check_task``, ``forget_weights_path``) are
+what ``models.regressor`` and ``models.segmenter`` share with this module.
 """
 
 from __future__ import annotations
@@ -19,21 +26,38 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
 
 from callbacks.direct_logging import log_to_loggers, logs_this_step
+from models.mlp import MLP
+from models.optim import check_resumed_schedule, no_weight_decay_names, optimizers_from_config
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
 
 Stage = Literal["train", "val", "test"]
 
+# The template's module for each task, for the error a module gives data of another task.
+MODULE_FOR_TASK = {
+    "multiclass": "models.classifier.ImageClassifier",
+    "multilabel": "models.classifier.ImageClassifier (task: multilabel)",
+    "regression": "models.regressor.Regressor",
+    "segmentation": "models.segmenter.Segmenter",
+    "none": "a LightningModule of your own (task none has no targets to learn)",
+}
+
 
 class ImageClassifier(LightningModule):
-    """Cross-entropy classifier over a backbone that maps images (or features) to logits.
+    """Classifier over a backbone that maps images (or features) to one logit per class.
 
     Args:
         backbone: a class (or callable) whose first argument is the number of classes, given in
-            YAML as ``class_path`` + ``init_args`` without ``num_classes``.
+            YAML as ``class_path`` + ``init_args`` without ``num_classes``. None (the default):
+            ``MLP`` when the data is a table (``in_features`` known), else ``SmallCNN``.
         optimizer: called with the parameter groups; its own ``weight_decay`` applies to the
             decayed group.
         scheduler: called with the optimizer; if it accepts ``total_steps`` (OneCycleLR and this
@@ -42,29 +66,38 @@ class ImageClassifier(LightningModule):
         scheduler_interval: ``step`` to step the schedule after every optimizer step, ``epoch``
             for per-epoch schedules such as StepLR.
         scheduler_monitor: metric that ReduceLROnPlateau-style schedulers watch.
-        label_smoothing: passed to ``F.cross_entropy``.
+        label_smoothing: passed to ``F.cross_entropy`` (multiclass only: a multi-hot target has
+            no single class to take the mass from).
         no_weight_decay: extra parameter names (or prefixes ending in ``.``) that get no decay,
             on top of every bias, normalisation parameter and other 1-D parameter.
         weight_decay_norm_and_bias: ``True`` decays biases and normalisation parameters too
             (one group, as ``optimizer(model.parameters())`` would); only to reproduce papers.
         l1_penalty: ``l1_penalty * sum(|w|)`` over the weights that get weight decay (never
             biases or norm parameters) is added to the training loss; ``train/loss`` stays the
-            cross-entropy so runs with and without it compare.
-        num_classes: the width of the head. train.py links it from the datamodule
-            (``data.num_classes``), so a config never sets it; saved in the checkpoint so
-            ``load_from_checkpoint`` rebuilds the same network.
+            classification loss so runs with and without it compare.
+        task: ``multiclass`` (int64 class index targets; metrics ``acc``, ``f1``; predictions
+            are softmax probabilities) or ``multilabel`` (float multi-hot ``(N, K)`` targets;
+            metrics ``f1`` (macro, at 0.5) and ``map`` (macro average precision); predictions
+            are one sigmoid probability per label). Linked from ``data.task``; any other task
+            is refused in one line naming the module for it.
+        num_classes: the width of the head (classes, or labels). train.py links it from the
+            datamodule (``data.num_classes``), so a config never sets it; saved in the
+            checkpoint so ``load_from_checkpoint`` rebuilds the same network.
         class_names: likewise linked from ``data.class_names``, so predictions can be reported
             with the original labels.
         in_features: the data's feature count (linked from ``data.num_features`` for tables),
             passed on to a backbone that takes ``in_features`` and was not given one (``MLP``).
+        in_channels: the images' channels (linked from ``data.in_channels``), passed on the
+            same way (``SmallCNN`` with ``in_channels`` unset).
         channels_last: keep the backbone's weights and the input batches in NHWC memory
             layout. Off by default: it is meant for conv nets on GPUs with tensor cores under
             16-bit precision (cuDNN's fastest convolutions are NHWC); an MLP's 2-D inputs are
             left as they are.
         per_class_accuracy_max_classes: log validation and test accuracy per class
-            (``val/acc_per_class/<class name>``, straight to the logger, once per epoch) when
-            there are at most this many classes; ``0`` turns it off. Beyond a few dozen
-            classes the TensorBoard confusion matrix says more than a wall of curves.
+            (``val/acc_per_class/<class name>``; multilabel: ``val/f1_per_label/<label>`` and
+            ``val/ap_per_label/<label>``), straight to the logger, once per epoch, when there
+            are at most this many classes or labels; ``0`` turns it off. Beyond a few dozen
+            the TensorBoard confusion matrix says more than a wall of curves.
         compile_backbone: ``torch.compile`` the backbone (``nn.Module.compile``, so checkpoint
             keys stay the same); a dict is passed to it as keyword arguments, e.g.
             ``{mode: max-autotune}``. Off by default: compiling costs start-up time (49 s for
@@ -74,7 +107,7 @@ class ImageClassifier(LightningModule):
 
     def __init__(
         self,
-        backbone: Callable[[int], nn.Module] = SmallCNN,
+        backbone: Callable[[int], nn.Module] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: Literal["step", "epoch"] = "step",
@@ -83,21 +116,28 @@ class ImageClassifier(LightningModule):
         no_weight_decay: Sequence[str] = (),
         weight_decay_norm_and_bias: bool = False,
         l1_penalty: float = 0.0,
+        # str, not a Literal: the data links its task here, and a Literal would make the
+        # parser refuse a regression run with a type error instead of check_task's advice.
+        task: str = "multiclass",
         num_classes: int | None = None,
         class_names: list[str] | None = None,
         in_features: int | None = None,
+        in_channels: int | None = None,
         channels_last: bool = False,
         compile_backbone: bool | dict[str, Any] = False,
         per_class_accuracy_max_classes: int = 20,
     ) -> None:
         super().__init__()
+        check_task("ImageClassifier", task, ("multiclass", "multilabel"))
         self.save_hyperparameters()
         # The values received, whatever the recorded config says: before Lightning 2.6,
         # LightningCLI recorded linked arguments as they were in the config (unset).
-        self.hparams.update(class_names=class_names, in_features=in_features)
+        self.hparams.update(task=task, class_names=class_names, in_features=in_features,
+                            in_channels=in_channels)
         self.backbone_factory = backbone
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self._multilabel = task == "multilabel"
         self._l1_params: list[nn.Parameter] | None = None
         if num_classes is None:
             raise ValueError(
@@ -107,57 +147,42 @@ class ImageClassifier(LightningModule):
 
     def _build(self, num_classes: int) -> None:
         self.hparams["num_classes"] = num_classes
-        self.net = self.backbone_factory(num_classes, **self._backbone_size_kwargs())
+        in_features = self.hparams["in_features"]
+        factory = self.backbone_factory or (SmallCNN if in_features is None else MLP)
+        self.net = build_backbone(factory, num_classes, in_features=in_features,
+                                  in_channels=self.hparams["in_channels"])
         if self.hparams["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
         compile_options = self.hparams["compile_backbone"]
         if compile_options:
             self.net.compile(**(compile_options if isinstance(compile_options, dict) else {}))
-        metrics = MetricCollection(
-            {
+        if self._multilabel:
+            metrics = MetricCollection({
+                "f1": MultilabelF1Score(num_classes, average="macro"),
+                "map": MultilabelAveragePrecision(num_classes, average="macro"),
+            })
+            per_class = {"f1_per_label": MultilabelF1Score(num_classes, average=None),
+                         "ap_per_label": MultilabelAveragePrecision(num_classes, average=None)}
+        else:
+            metrics = MetricCollection({
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
                 "f1": MulticlassF1Score(num_classes, average="macro"),
-            }
-        )
+            })
+            per_class = {"acc_per_class": MulticlassAccuracy(num_classes, average=None)}
         # One set per stage: their states must not mix (sanity-check batches, for one).
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
+        # Per step: (argmax classes or sigmoid probabilities, targets, loss x batch size).
         self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {
             "train": [], "val": [], "test": []}
-        per_class = 0 < num_classes <= self.hparams.get("per_class_accuracy_max_classes", 0)
+        few = 0 < num_classes <= self.hparams.get("per_class_accuracy_max_classes", 0)
         for stage in ("val", "test"):
-            setattr(self, f"{stage}_per_class_acc",
-                    MulticlassAccuracy(num_classes, average=None) if per_class else None)
-
-    def _backbone_size_kwargs(self) -> dict[str, int]:
-        """``in_features`` for a backbone that takes it and was not given it in the config."""
-        in_features = self.hparams.get("in_features")
-        if in_features is None:
-            return {}
-        factory = self.backbone_factory
-        keywords = getattr(factory, "keywords", None)  # jsonargparse's partial: every init arg
-        if keywords is not None:
-            unset = "in_features" in keywords and keywords["in_features"] is None
-            return {"in_features": in_features} if unset else {}
-        try:
-            takes = "in_features" in inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            return {}
-        return {"in_features": in_features} if takes else {}
+            setattr(self, f"{stage}_per_class",
+                    MetricCollection(per_class).clone() if few else None)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Save the backbone's ``weights_path`` as null: the trained weights are in the
-        checkpoint, and ``load_from_checkpoint`` must not need the pretrained file they started
-        from (often a relative path, or not on the machine that serves the model). The run's
-        ``config.yaml`` still names it."""
-        hparams = checkpoint.get("hyper_parameters") or {}
-        backbone = hparams.get("backbone")
-        init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
-        if isinstance(init_args, dict) and init_args.get("weights_path"):
-            # Copies: the checkpoint's hparams share their nested dicts with self.hparams.
-            checkpoint["hyper_parameters"] = {**hparams, "backbone": {
-                **backbone, "init_args": {**init_args, "weights_path": None}}}
+        forget_weights_path(checkpoint)
 
     # -- forward and the shared step ---------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -166,15 +191,20 @@ class ImageClassifier(LightningModule):
         return self.net(x)
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: Stage) -> tuple[Tensor, Tensor]:
-        images, targets = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams["label_smoothing"])
+        inputs, targets = batch
+        logits = self(inputs)
+        if self._multilabel:
+            loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+            kept = logits.detach().float().sigmoid()  # average precision needs the scores
+        else:
+            loss = F.cross_entropy(logits, targets,
+                                   label_smoothing=self.hparams["label_smoothing"])
+            kept = logits.detach().argmax(-1)
         # Only kept here; the metrics see the whole epoch at once in _log_epoch_metrics. Updating
         # MetricCollection(acc, f1) + MeanMetric every step (input checks, small kernels) took
         # ~1 ms, ~10 % of a digits CNN step on CPU; the epoch values are the same (the states
         # are sums).
-        self._epoch_outputs[stage].append(
-            (logits.detach().argmax(-1), targets, loss.detach() * len(targets)))
+        self._epoch_outputs[stage].append((kept, targets, loss.detach() * len(targets)))
         # Per-step loss for the progress bar and the logger, only on the steps the logger
         # writes (as LearningRateMonitor does), sparing self.log's bookkeeping on the others.
         # Unsynced: a collective on every step costs ~30 % under DDP.
@@ -190,6 +220,8 @@ class ImageClassifier(LightningModule):
             return
         predictions = torch.cat([p for p, _, _ in outputs])
         targets = torch.cat([t for _, t, _ in outputs])
+        if self._multilabel:
+            targets = targets.long()  # torchmetrics wants integer multi-hot targets
         weighted_losses = torch.stack([w for _, _, w in outputs])
         outputs.clear()
         loss: MeanMetric = getattr(self, f"{stage}_loss")
@@ -197,27 +229,29 @@ class ImageClassifier(LightningModule):
         loss.update(weighted_losses.sum() / len(targets), weight=len(targets))
         metrics.update(predictions, targets)
         values = {f"{stage}/loss": loss.compute(), **metrics.compute()}
-        self._log_per_class_accuracy(stage, predictions, targets)
+        self._log_per_class(stage, predictions, targets)
         # Already equal on every rank; sync_dist keeps Lightning from warning and costs one
         # collective per epoch.
         self.log_dict(values, sync_dist=True, prog_bar=stage == "val")
         loss.reset()
         metrics.reset()
 
-    def _log_per_class_accuracy(self, stage: Stage, predictions: Tensor, targets: Tensor) -> None:
-        """``<stage>/acc_per_class/<class>`` to the loggers, bypassing ``self.log`` (~1 ms per
-        value of bookkeeping; these are for TensorBoard, not for callbacks or checkpoints)."""
-        metric: MulticlassAccuracy | None = getattr(self, f"{stage}_per_class_acc", None)
-        if metric is None:
+    def _log_per_class(self, stage: Stage, predictions: Tensor, targets: Tensor) -> None:
+        """``<stage>/acc_per_class/<class>`` (multilabel: ``f1_per_label``, ``ap_per_label``)
+        to the loggers, bypassing ``self.log`` (~1 ms per value of bookkeeping; these are for
+        TensorBoard, not for callbacks or checkpoints)."""
+        metrics: MetricCollection | None = getattr(self, f"{stage}_per_class", None)
+        if metrics is None:
             return
-        metric.update(predictions, targets)
-        per_class = metric.compute().tolist()  # synced across DDP ranks, on every rank
-        metric.reset()
+        metrics.update(predictions, targets)
+        # Synced across DDP ranks, on every rank.
+        per_class = {kind: value.tolist() for kind, value in metrics.compute().items()}
+        metrics.reset()
         if self.trainer.sanity_checking:
             return
-        names = self.hparams["class_names"] or [str(i) for i in range(len(per_class))]
-        values = {f"{stage}/acc_per_class/{name}": value
-                  for name, value in zip(names, per_class, strict=True)}
+        names = self.hparams["class_names"] or [str(i) for i in range(self.hparams["num_classes"])]
+        values = {f"{stage}/{kind}/{name}": value for kind, per in per_class.items()
+                  for name, value in zip(names, per, strict=True)}
         # Inside fit the epoch's optimizer steps are done: its metrics belong to the last one.
         fitting = self.trainer.state.fn == "fit"
         log_to_loggers(self.trainer, values, step=self.trainer.global_step - int(fitting))
@@ -251,30 +285,29 @@ class ImageClassifier(LightningModule):
         self._shared_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=-1)
+        """Probabilities ``(N, num_classes)``: softmax (rows sum to 1) for multiclass, one
+        independent sigmoid per label for multilabel."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        logits = self(inputs)
+        return logits.sigmoid() if self._multilabel else logits.softmax(dim=-1)
 
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        groups = param_groups_weight_decay(
-            self, self._no_decay_names(),
-            exclude_bias_and_norm=not self.hparams["weight_decay_norm_and_bias"],
-        )
         self._l1_params = self._decayed_weights()
-        optimizer = self.optimizer_factory(groups)
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer, **self._schedule_length_kwargs())
-        config = {"scheduler": scheduler, "interval": self.hparams["scheduler_interval"]}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = self.hparams["scheduler_monitor"]
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return optimizers_from_config(
+            self, self.optimizer_factory, self.scheduler_factory,
+            interval=self.hparams["scheduler_interval"],
+            monitor=self.hparams["scheduler_monitor"],
+            no_weight_decay=self.hparams["no_weight_decay"],
+            weight_decay_norm_and_bias=self.hparams["weight_decay_norm_and_bias"],
+        )
+
+    def on_train_start(self) -> None:
+        check_resumed_schedule(self)
 
     def _no_decay_names(self) -> list[str]:
-        skip = list(self.hparams["no_weight_decay"])
-        if hasattr(self.net, "no_weight_decay"):
-            skip += [f"net.{name}" for name in self.net.no_weight_decay()]
-        return skip
+        """The names ``configure_optimizers`` does not decay (``FreezeBackbone`` asks)."""
+        return no_weight_decay_names(self, self.hparams["no_weight_decay"])
 
     def _decayed_weights(self) -> list[nn.Parameter]:
         """The parameters the L1 penalty applies to: those weight decay would apply to with
@@ -282,66 +315,53 @@ class ImageClassifier(LightningModule):
         groups = param_groups_weight_decay(self, self._no_decay_names())
         return [p for g in groups if "weight_decay" not in g for p in g["params"]]
 
-    def _schedule_length_kwargs(self) -> dict[str, int]:
-        """``total_steps`` for schedules that need it, from the trainer (devices, accumulation
-        and limits included), never from a hand-computed config value."""
-        if not _needs_total_steps(self.scheduler_factory):
-            return {}
-        total = self.trainer.estimated_stepping_batches
-        if self.hparams["scheduler_interval"] == "epoch":
-            total = self.trainer.max_epochs
-        unsized = total is None or total == float("inf") or total < 1
-        if unsized and _length_optional(self.scheduler_factory):
-            return {}  # e.g. NoamLR with warmup in steps: it needs no end
-        if unsized:
-            name = getattr(_target_class(self.scheduler_factory), "__name__", "The scheduler")
-            raise ValueError(
-                f"{name} needs a finite number of steps but training length is {total}: "
-                "set trainer.max_epochs or trainer.max_steps."
-            )
-        self._schedule_total_steps = int(total)
-        return {"total_steps": int(total)}
 
-    def on_train_start(self) -> None:
-        # A resumed run loads the scheduler's state, total_steps included, from the checkpoint.
-        # If the run's length changed since (e.g. a larger max_epochs), OneCycle would fail
-        # mid-run with "Tried to step N times"; say so now and what to do instead.
-        expected = getattr(self, "_schedule_total_steps", None)
-        for config in self.trainer.lr_scheduler_configs:
-            loaded = getattr(config.scheduler, "total_steps", None)
-            if expected is not None and loaded is not None and loaded != expected:
-                raise ValueError(
-                    f"The checkpoint's {type(config.scheduler).__name__} spans {loaded} steps but "
-                    f"this run has {expected} (max_epochs, max_steps, devices, batch size or "
-                    "accumulation changed). Resume with the original settings, or start a new "
-                    "run from the checkpoint's weights."
-                )
+# -- what the template's modules share ----------------------------------------------------
+def build_backbone(factory: Callable[..., nn.Module], outputs: int, *,
+                   in_features: int | None = None,
+                   in_channels: int | None = None) -> nn.Module:
+    """``factory(outputs, ...)``, with the data's input size for a backbone that takes it.
 
-
-def _target_class(factory: Callable[..., Any]) -> type | None:
-    """The class behind a config callable: itself, or the class jsonargparse's
-    ``functools.partial`` wraps (as ``func``, or among ``args`` in jsonargparse >= 4.40)."""
-    if isinstance(factory, type):
-        return factory
-    candidates = [getattr(factory, "func", None), *getattr(factory, "args", ())]
-    return next((c for c in candidates if isinstance(c, type)), None)
-
-
-def _length_optional(factory: Callable[..., Any]) -> bool:
-    """True for schedules (``models.schedulers``) that can run without a known end."""
-    return bool(getattr(_target_class(factory), "total_steps_optional", False))
-
-
-def _needs_total_steps(factory: Callable[..., Any]) -> bool:
-    """True if the scheduler takes ``total_steps`` and the config left it unset.
-
-    jsonargparse hands over a ``functools.partial`` whose keywords hold every init argument
-    (unset ones as None), so an explicit ``total_steps`` in the config is respected.
+    ``in_features`` / ``in_channels`` (linked from the data) go to a backbone whose signature
+    has them and that was not given them: for jsonargparse's ``functools.partial`` (whose
+    keywords hold every init argument) that is a value left at None; for a plain class, any
+    argument of that name. A value set in the config wins, so ``configs/digits.yaml``'s
+    ``in_channels: 1`` stays what it says.
     """
-    keywords = getattr(factory, "keywords", None)
-    if keywords is not None and "total_steps" in keywords:
-        return keywords["total_steps"] is None
+    sizes = {name: value for name, value in (("in_features", in_features),
+                                             ("in_channels", in_channels))
+             if value is not None and _left_unset(factory, name)}
+    return factory(outputs, **sizes)
+
+
+def _left_unset(factory: Callable[..., Any], name: str) -> bool:
+    keywords = getattr(factory, "keywords", None)  # jsonargparse's partial: every init arg
+    if keywords is not None and name in keywords:
+        return keywords[name] is None
     try:
-        return "total_steps" in inspect.signature(factory).parameters
+        return name in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
+
+
+def check_task(owner: str, task: str, serves: tuple[str, ...]) -> None:
+    """Refuse, in one line that names the module to use, data of a task ``owner`` does not
+    learn (train.py links ``data.task`` into every module that takes ``task``)."""
+    if task not in serves:
+        use = MODULE_FOR_TASK.get(task)
+        advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
+        raise ValueError(f"{owner} does not learn task {task!r}{advice}")
+
+
+def forget_weights_path(checkpoint: dict[str, Any]) -> None:
+    """Save the backbone's ``weights_path`` as null (from ``on_save_checkpoint``): the trained
+    weights are in the checkpoint, and ``load_from_checkpoint`` must not need the pretrained
+    file they started from (often a relative path, or not on the machine that serves the
+    model). The run's ``config.yaml`` still names it."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    backbone = hparams.get("backbone")
+    init_args = backbone.get("init_args") if isinstance(backbone, dict) else None
+    if isinstance(init_args, dict) and init_args.get("weights_path"):
+        # Copies: the checkpoint's hparams share their nested dicts with self.hparams.
+        checkpoint["hyper_parameters"] = {**hparams, "backbone": {
+            **backbone, "init_args": {**init_args, "weights_path": None}}}

@@ -24,12 +24,16 @@ class SmallCNN(nn.Module):
     images; choose ``pool_after`` for the input size (each pool halves it). The digits default,
     widths (32, 64, 128) pooling once after the second block on 12x12 (8x8 padded by 2), has
     ~94k parameters.
+
+    ``in_channels`` None (unset) is left for the module to fill in with the data's channel count
+    (``ImageClassifier`` and ``Regressor`` pass the linked ``data.in_channels``); built alone, or
+    for data that does not know it, it means 1 (gray images such as the digits).
     """
 
     def __init__(
         self,
         num_classes: int,
-        in_channels: int = 1,
+        in_channels: int | None = None,
         widths: Sequence[int] = (32, 64, 128),
         pool_after: Sequence[int] | None = None,
         dropout: float = 0.1,
@@ -40,7 +44,7 @@ class SmallCNN(nn.Module):
         # Default: pool after every block but the last.
         pools = set(range(len(widths) - 1) if pool_after is None else pool_after)
         blocks: list[nn.Module] = []
-        channels = in_channels
+        channels = 1 if in_channels is None else in_channels
         for i, width in enumerate(widths):
             blocks.append(conv_bn_relu(channels, width))
             if i in pools:
