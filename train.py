@@ -45,7 +45,8 @@ LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightni
 LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "class_names"),
          ("num_outputs", "num_outputs"), ("target_names", "target_names"),
          ("target_mean", "target_mean"), ("target_std", "target_std"),
-         ("num_features", "in_features"), ("in_channels", "in_channels"))
+         ("num_features", "in_features"), ("in_channels", "in_channels"),
+         ("ignore_index", "ignore_index"))
 
 
 class TemplateCLI(LightningCLI):

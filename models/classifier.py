@@ -34,6 +34,7 @@ from torchmetrics.classification import (
 )
 
 from callbacks.direct_logging import log_to_loggers, logs_this_step
+from datamodules.validation import DataError
 from models.mlp import MLP
 from models.optim import check_resumed_schedule, no_weight_decay_names, optimizers_from_config
 from models.param_groups import param_groups_weight_decay
@@ -346,11 +347,14 @@ def _left_unset(factory: Callable[..., Any], name: str) -> bool:
 
 def check_task(owner: str, task: str, serves: tuple[str, ...]) -> None:
     """Refuse, in one line that names the module to use, data of a task ``owner`` does not
-    learn (train.py links ``data.task`` into every module that takes ``task``)."""
+    learn (train.py links ``data.task`` into every module that takes ``task``).
+
+    A ``DataError`` (a ``ValueError``): train.py prints those as one line, without the
+    traceback through jsonargparse that would bury the advice."""
     if task not in serves:
         use = MODULE_FOR_TASK.get(task)
         advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
-        raise ValueError(f"{owner} does not learn task {task!r}{advice}")
+        raise DataError(f"{owner} does not learn task {task!r}{advice}")
 
 
 def forget_weights_path(checkpoint: dict[str, Any]) -> None:
