@@ -9,8 +9,13 @@ keeps the init_args a new class_path shares with the old one).
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import sys
+import traceback
+import types
+import typing
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -73,17 +78,63 @@ def expand_aliases(argv: list[str]) -> list[str]:
     return expanded
 
 
+DEBUG_VARIABLE = "JSONARGPARSE_DEBUG"
+
+
+def debug_report_requested() -> bool:
+    """True where ``JSONARGPARSE_DEBUG=true`` asks for jsonargparse's full report.
+
+    jsonargparse (4.53) reads the variable as a boolean, ``true`` or ``false``, and any other
+    value (``1``) makes its first parser raise a ValueError with a traceback; such a value
+    stops the run here instead, in one line saying what to write.
+    """
+    value = os.environ.get(DEBUG_VARIABLE, "")
+    if value.lower() in ("", "false"):
+        return False
+    if value.lower() == "true":
+        return True
+    sys.stderr.write(f"train.py: error: {DEBUG_VARIABLE}={value} is not a value jsonargparse "
+                     f"takes: {DEBUG_VARIABLE}=true shows its full report, false or unset "
+                     "one line\n")
+    sys.exit(2)
+
+
 class OneLineErrorParser(LightningArgumentParser):
-    """Reports a bad option, config file or class path as one line naming what was wrong,
-    instead of the usage text and jsonargparse's nested report of every Union alternative
-    (``JSONARGPARSE_DEBUG=1`` restores the full report with a traceback)."""
+    """Reports a bad option, config file or class path as one line naming what was wrong and
+    why, instead of the usage text and jsonargparse's nested report of every Union alternative
+    (``JSONARGPARSE_DEBUG=true`` restores the full report with a traceback). A model whose
+    ``__init__`` asks for an optimizer or schedule object (a config can only give callables)
+    gets one line saying what to write instead."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        debug_report_requested()  # before jsonargparse reads the variable and fails on it
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG"):
+        if not self.exit_on_error or debug_report_requested():
             super().error(message, ex)
-        sys.stderr.write(f"train.py: error: {condense_error(message)} "
-                         "(python train.py --help lists the options)\n")
+        line = instance_hints_in_error(message)
+        if line is None:
+            line = f"{condense_error(message)} (python train.py --help lists the options)"
+        sys.stderr.write(f"train.py: error: {line}\n")
         sys.exit(2)
+
+    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
+        # A hint jsonargparse cannot check (``scheduler: torch.optim.lr_scheduler``, a module)
+        # parses, and the model would get the config's Namespace instead of a callable.
+        cfg = super().parse_args(*args, **kwargs)
+        subcommand = cfg.get("subcommand")
+        model = (cfg.get(subcommand) if subcommand else cfg).get("model")
+        class_path = model.get("class_path") if hasattr(model, "get") else None
+        hints = instance_hints(loaded_class(class_path)) if class_path else {}
+        given = model.get("init_args") if hints else None
+        if hints and any(given is not None and given.get(name) is not None for name in hints):
+            line = instance_hints_message(class_path, hints)
+            if not self.exit_on_error or debug_report_requested():
+                super().error(line)
+            sys.stderr.write(f"train.py: error: {line}\n")
+            sys.exit(2)
+        return cfg
 
     def save(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
         # config.yaml is written from the config this parser has just validated (Lightning's
@@ -95,14 +146,148 @@ class OneLineErrorParser(LightningArgumentParser):
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
           "Expected a <class 'NoneType'>", "Expected a path but ")
+# "Given value: many" says what was wrong; a dump of the whole nested config does not.
+_VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
+_LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
 
 
-def condense_error(message: str, max_parts: int = 4) -> str:
-    """Keep the lines of a jsonargparse error that say what is wrong, joined on one line."""
-    parts = []
+def condense_error(message: str, max_chars: int = 400) -> str:
+    """The lines of a jsonargparse error that say what is wrong, on one line: the keys and
+    class paths that lead to the problem (lines ending in ``:``), then the problem itself.
+
+    The problem is never cut. Where the whole line is longer than ``max_chars``, the value
+    dumps after ``Got value:`` are cut first, then the keys and class paths between the first
+    one and the one right above each problem are left out (``…``).
+    """
+    parts: list[str] = []
     for line in message.splitlines():
         line = line.strip().removeprefix("- ").strip()
-        if line and not line.startswith(_NOISE) and line not in parts:
+        if (line and not line.startswith(_NOISE) and not _VALUE_DUMP.match(line)
+                and line not in parts):
             parts.append(line)
-    text = " ".join(parts[:max_parts])
-    return text if len(text) <= 400 else text[:397] + "..."
+    text = " ".join(parts)
+    if len(text) <= max_chars:
+        return text
+    parts = [part if part.endswith(":") else _LONG_VALUE.sub(r"\1\2…", part) for part in parts]
+    text = " ".join(parts)
+    if len(text) <= max_chars:
+        return text
+    # Keep the first context, every problem, and the context right above each problem.
+    kept: list[str] = []
+    for i, part in enumerate(parts):
+        context = part.endswith(":")
+        above_problem = context and i + 1 < len(parts) and not parts[i + 1].endswith(":")
+        if i == 0 or not context or above_problem:
+            kept.append(part)
+        elif kept[-1] != "…":
+            kept.append("…")
+    return " ".join(kept)
+
+
+def loaded_class(class_path: str) -> type | None:
+    """The class a config names, if its module is already imported (jsonargparse imported
+    it to check the config), else None: an error report imports nothing."""
+    module_name, _, name = class_path.rpartition(".")
+    found: Any = sys.modules.get(module_name)
+    for attribute in name.split(".") if found is not None else ():
+        found = getattr(found, attribute, None)
+    return found if inspect.isclass(found) else None
+
+
+def instance_hints(cls: type | None) -> dict[str, tuple[str, str]]:
+    """``{parameter: (its hint, the callable type to use)}`` for the parameters of
+    ``cls.__init__`` whose hints ask for an optimizer or LR schedule object (``Optimizer``,
+    ``Adam``, ``LRScheduler``, also inside ``X | None``) or name the modules ``torch.optim`` /
+    ``torch.optim.lr_scheduler``. No config gives such objects: an optimizer needs the
+    model's parameters and a schedule its optimizer, so LightningCLI passes callables
+    (``lightning.pytorch.cli.OptimizerCallable``, ``LRSchedulerCallable``) that build them."""
+    if cls is None:
+        return {}
+    try:
+        annotations = inspect.get_annotations(inspect.unwrap(cls.__init__), eval_str=True)
+    except Exception:  # a hint that does not resolve: nothing to say about it
+        return {}
+    found = {}
+    for name, hint in annotations.items():
+        members = (typing.get_args(hint) if typing.get_origin(hint) in (typing.Union,
+                   types.UnionType) else (hint,))
+        for member in members:
+            suggestion = _callable_for(member)
+            if name != "return" and suggestion:
+                found[name] = (_public_name(member), suggestion)
+                break
+    return found
+
+
+def _callable_for(hint: Any) -> str | None:
+    from torch.optim import Optimizer, lr_scheduler
+
+    if inspect.ismodule(hint) and (hint.__name__ == "torch.optim"
+                                   or hint.__name__.startswith("torch.optim.")):
+        return "LRSchedulerCallable" if "lr_scheduler" in hint.__name__ else "OptimizerCallable"
+    if inspect.isclass(hint) and issubclass(hint, Optimizer):
+        return "OptimizerCallable"
+    if inspect.isclass(hint) and issubclass(hint, (lr_scheduler.LRScheduler,
+                                                   lr_scheduler.ReduceLROnPlateau)):
+        return "LRSchedulerCallable"
+    return None
+
+
+def _public_name(hint: Any) -> str:
+    """``torch.optim.Optimizer`` rather than ``torch.optim.optimizer.Optimizer``."""
+    import torch.optim
+
+    if inspect.ismodule(hint):
+        return f"{hint.__name__} (a module)"
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        if getattr(module, hint.__name__, None) is hint:
+            return f"{module.__name__}.{hint.__name__}"
+    return f"{hint.__module__}.{hint.__qualname__}"
+
+
+def instance_hints_message(class_path: str, hints: dict[str, tuple[str, str]]) -> str:
+    asked = " and ".join(f"{name}: {hint}" for name, (hint, _) in hints.items())
+    use = " and ".join(f"{name}: lightning.pytorch.cli.{suggestion}"
+                       for name, (_, suggestion) in hints.items())
+    first = next(iter(hints))
+    return (f"{class_path} asks for {asked}, which no config can give (an optimizer needs the "
+            f"model's parameters, a schedule its optimizer): annotate {use}, keep "
+            f"{(them := 'them' if len(hints) > 1 else 'it')} in __init__ (self.{first} = {first}) "
+            f"and call {them} in configure_optimizers; see docs/own_module.md")
+
+
+def instance_hints_in_error(message: str) -> str | None:
+    """The one line for a parser error about a parameter whose hint asks for an object (see
+    :func:`instance_hints`), for any class the error names; None for other errors."""
+    text = condense_error(message, max_chars=10_000)
+    for class_path in dict.fromkeys(re.findall(r"class_path '([\w.]+)'", message)):
+        if class_path.startswith(("torch.", "lightning.")):
+            continue  # a schedule's own __init__ does take an optimizer object
+        hints = instance_hints(loaded_class(class_path))
+        if any(re.search(rf"\b{re.escape(name)}\b", text) for name in hints):
+            return instance_hints_message(class_path, hints)
+    return None
+
+
+def explain_hparams_call(error: BaseException) -> str | None:
+    """One line for ``TypeError: 'dict' object is not callable`` raised where a module's
+    ``configure_optimizers`` calls ``self.hparams.<name>(...)``, else None.
+
+    Under LightningCLI, ``save_hyperparameters()`` records the config it was given (so that
+    checkpoints reload without pickled objects): ``self.hparams.optimizer`` is that config, a
+    dict, and the callable the module was built with is only the ``__init__`` argument.
+    """
+    if not isinstance(error, TypeError) or "object is not callable" not in str(error):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames or frames[-1].name != "configure_optimizers":
+        return None
+    called = re.search(r"self\.hparams\.(\w+)\s*\(|self\.hparams\[['\"](\w+)['\"]\]\s*\(",
+                       frames[-1].line or "")
+    if called is None:
+        return None
+    name = called.group(1) or called.group(2)
+    return (f"configure_optimizers ({frames[-1].filename}:{frames[-1].lineno}) calls "
+            f"self.hparams.{name}, which under LightningCLI is its config (a dict), not the "
+            f"callable: keep the argument in __init__ (self.{name} = {name}) and call "
+            f"self.{name}(...); see docs/own_module.md")
