@@ -169,6 +169,13 @@ def main(args: list[str] | None = None) -> TemplateCLI:
             raise
         sys.stderr.write(f"train.py: error: {cause or configs.condense_error(str(error))}\n")
         sys.exit(2)
+    except TypeError as error:
+        # A module that calls self.hparams.optimizer(...): under LightningCLI that is a dict.
+        line = configs.explain_hparams_call(error)
+        if line is None:
+            raise
+        sys.stderr.write(f"train.py: error: {line}\n")
+        sys.exit(1)
     except NonFiniteLossError as error:
         # The weights never saw the bad step and no checkpoint was written for it.
         sys.stderr.write(f"train.py: error: {error}\n")

@@ -2,17 +2,20 @@
 
     python -m models.export --ckpt_path logs/digits/version_0/checkpoints/last.ckpt --format onnx
     python -m models.export --ckpt_path ... --format torchscript --output model.pt
+    python -m models.export --ckpt_path table.ckpt --input_shape 30   # a table of 30 features
 
-Writes the model file and ``<model file>.json`` (class names, input shape, read mode,
-normalisation, the eval transforms, the parity measured), then loads the exported file back,
-runs it on random batches and compares its outputs with the PyTorch model's: the export fails
-if they differ by more than ``--tolerance``.
+Writes the model file and ``<model file>.json`` (the task, the output's names and shape, the
+input shape, read mode, normalisation, the eval transforms, the parity measured), then loads
+the exported file back, runs it on random batches and compares its outputs with the PyTorch
+model's: the export fails if they differ by more than ``--tolerance``.
 
 Any LightningModule trained by train.py: the class and its arguments come from the checkpoint's
 hyperparameters (LightningCLI records the class path there when the module calls
-``self.save_hyperparameters()``). What is exported is the module's ``forward``, the same
-contract ``predict`` uses: the normalised float batch (N, C, H, W) or (N, features) the eval
-transforms produce in, one row of logits per input out; softmax gives probabilities.
+``self.save_hyperparameters()``). What is exported is the module's ``forward``: the normalised
+float batch (N, C, H, W) or (N, features) the eval transforms produce in, whatever forward
+returns out (one tensor, any shape). The JSON says what that is, from the checkpoint and from
+one measured call: logits per class for a classifier, values in the targets' units for a
+regressor, per-pixel logits for a segmenter, or only its shape when the task is not known.
 ONNX runs in onnxruntime (``pip install -e ".[export]"``), TorchScript in plain torch.
 """
 
@@ -35,10 +38,15 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from models.classifier import ImageClassifier
+from models.regressor import Regressor
+from models.segmenter import Segmenter
+
 Format = Literal["onnx", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
-DEFAULT_TOLERANCE = 1e-4  # max |logit difference|; float32 kernels differ by ~1e-6 in practice
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
+DEFAULT_TOLERANCE = 1e-4  # max |output difference|; float32 kernels differ by ~1e-6 in practice
+# Tasks whose outputs are classes: their JSON keeps `class_names`, which deployments read.
+CLASSES_TASKS = ("multiclass", "multilabel", "segmentation")
 
 
 class ExportError(RuntimeError):
@@ -69,25 +77,81 @@ def load_model(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
     # PreprocessingMetadata callback adds "preprocessing".
     data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
     data_state = checkpoint.get(str(data_hparams.get("_class_path", "")).rpartition(".")[2])
+    data_state = data_state if isinstance(data_state, dict) else {}
     preprocessing = {"read_mode": data_hparams.get("read_mode"), "input_shape": None,
                      "mean": None, "std": None, "eval_transforms": None,
                      **(checkpoint.get("preprocessing") or {})}
+    task = model_task(hparams, data_hparams, data_state, model_class)
     meta = {
         "checkpoint": str(ckpt_path),
         "model_class": class_path,
-        "class_names": list(hparams.get("class_names")
-                            or (data_state or {}).get("class_names") or []),
+        "task": task,
+        "output_names": output_names(task, hparams, data_hparams, data_state),
         **preprocessing,
     }
     return model, meta
 
 
-def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int | None) -> None:
+def model_task(hparams: dict[str, Any], data_hparams: dict[str, Any],
+               data_state: dict[str, Any], model_class: type) -> str:
+    """The task the checkpoint records (the model's ``task``, else the datamodule's), else the
+    one the template's module class implies, else ``unknown``."""
+    for source in (hparams, data_hparams, data_state):
+        if source.get("task"):
+            return str(source["task"])
+    for parent, task in ((Regressor, "regression"), (Segmenter, "segmentation"),
+                         (ImageClassifier, "multiclass")):
+        if issubclass(model_class, parent):
+            return task
+    return "unknown"
+
+
+def output_names(task: str, hparams: dict[str, Any], data_hparams: dict[str, Any],
+                 data_state: dict[str, Any]) -> list[str] | None:
+    """What the outputs are called: target columns for regression, else classes or labels."""
+    if task == "regression":
+        columns = data_hparams.get("label_column")
+        candidates = [hparams.get("target_names"),
+                      [columns] if isinstance(columns, str) else columns]
+    elif task == "none":
+        candidates = []
+    else:
+        candidates = [hparams.get("class_names"), data_state.get("class_names")]
+    names = next((c for c in candidates if c), None)
+    return [str(n) for n in names] if names else None
+
+
+def describe_output(task: str, shape: Sequence[int], names: Sequence[str] | None,
+                    ) -> tuple[str, str]:
+    """The exported output's name and a sentence saying what it holds. A task's meaning is
+    claimed only where the measured shape has it (one value per class, per target, or per
+    pixel and class); otherwise the sentence gives the shape alone."""
+    dims = ", ".join(["N", *map(str, shape)])
+    width = shape[0] if len(shape) == 1 else None
+    fits = names is None or width == len(names)
+    if task == "multiclass" and width and width >= 2 and fits:
+        return "logits", (f"logits, shape ({dims}): one per class of output_names; softmax "
+                          "gives probabilities")
+    if task == "multilabel" and width and fits:
+        return "logits", (f"logits, shape ({dims}): one per label of output_names; a sigmoid "
+                          "gives each label's probability")
+    if task == "regression" and len(shape) <= 1 and (names is None or len(names) == (
+            width or 1)):
+        return "predictions", (f"predictions in the targets' units, shape ({dims}), in the "
+                               "order of output_names")
+    if task == "segmentation" and len(shape) == 3 and (names is None or shape[0] == len(names)):
+        return "logits", (f"per-pixel logits, shape ({dims}); argmax over dimension 1 gives "
+                          "the mask of class indices (output_names)")
+    return "outputs", f"the model's forward output, shape ({dims})"
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: Path, opset: int | None,
+                names: tuple[str, str]) -> None:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model, (example,), str(path), input_names=[names[0]], output_names=[names[1]],
             dynamic_shapes=({0: batch},), opset_version=opset, external_data=False,
             verbose=False,
         )
@@ -111,7 +175,7 @@ def export_torchscript(model: LightningModule, example: Tensor, path: Path,
         torch.jit.save(traced, str(path), _extra_files={"metadata.json": json.dumps(meta)})
 
 
-def runner(fmt: Format, path: Path) -> Callable[[Tensor], Tensor]:
+def runner(fmt: Format, path: Path, input_name: str = "images") -> Callable[[Tensor], Tensor]:
     """The exported file, loaded the way a deployment would load it."""
     if fmt == "onnx":
         try:
@@ -120,7 +184,7 @@ def runner(fmt: Format, path: Path) -> Callable[[Tensor], Tensor]:
             raise ExportError('checking an ONNX export needs onnxruntime: '
                               'pip install -e ".[export]"') from error
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+        return lambda x: torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(path), map_location="cpu")
@@ -130,8 +194,9 @@ def runner(fmt: Format, path: Path) -> Callable[[Tensor], Tensor]:
 
 def parity(model: nn.Module, run: Callable[[Tensor], Tensor], input_shape: Sequence[int],
            batch_sizes: Sequence[int], seed: int = 0) -> float:
-    """Max |logit difference| between the Lightning model and the export over random batches
-    of these sizes (several sizes also prove the batch axis is dynamic)."""
+    """Max |output difference| between the Lightning model and the export over random batches
+    of these sizes (several sizes also prove the batch axis is dynamic); any output shape or
+    dtype (compared as float64)."""
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     for size in batch_sizes:
@@ -142,8 +207,23 @@ def parity(model: nn.Module, run: Callable[[Tensor], Tensor], input_shape: Seque
         if got.shape != expected.shape:
             raise ExportError(f"export returned shape {tuple(got.shape)} for a batch of {size}; "
                               f"expected {tuple(expected.shape)}")
-        worst = max(worst, (got - expected).abs().max().item())
+        if got.numel():
+            worst = max(worst, (got.double() - expected.double()).abs().max().item())
     return worst
+
+
+def measured_output_shape(model: nn.Module, example: Tensor) -> list[int]:
+    """The shape of one input's output, from a forward call on the example batch."""
+    with torch.inference_mode():
+        result = model(example)
+    if not isinstance(result, Tensor):
+        raise ExportError(f"{type(model).__name__}'s forward returned {type(result).__name__}; "
+                          "the export needs one tensor, (batch, ...)")
+    if result.ndim == 0 or len(result) != len(example):
+        raise ExportError(f"{type(model).__name__}'s forward returned shape "
+                          f"{tuple(result.shape)} for a batch of {len(example)}; the export "
+                          "needs one entry per input, (batch, ...)")
+    return list(result.shape[1:])
 
 
 def export(
@@ -163,29 +243,39 @@ def export(
     shape = list(input_shape or meta.get("input_shape") or [])
     if not shape:
         raise ExportError(f"{ckpt_path} does not record the input shape (train.py runs on "
-                          "ImageCSVDataModule record it); pass --input_shape C H W")
+                          "the template's datamodules record it); pass --input_shape C H W, "
+                          "or --input_shape F for a table of F features")
     output = Path(output) if output else ckpt_path.with_suffix(SUFFIXES[fmt])
     output.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": fmt, "model_file": output.name, "input_name": INPUT_NAME,
-            "output_name": OUTPUT_NAME, **meta, "input_shape": shape, "dynamic_batch": True,
-            "output": "logits, shape (N, len(class_names)); softmax gives probabilities",
-            "torch_version": torch.__version__}
     # Batch 2, not 1: tracing and torch.export would otherwise fix a batch size of 1.
     example = torch.randn(2, *shape, generator=torch.Generator().manual_seed(0))
+    output_shape = measured_output_shape(model, example)
+    output_name, description = describe_output(meta["task"], output_shape, meta["output_names"])
+    fits_task = output_name != "outputs"
+    if not fits_task and meta["task"] not in ("none", "unknown"):
+        description += (f" (the checkpoint's task is {meta['task']}, but this is not that "
+                        "task's output)")
+    input_name = "features" if len(shape) == 1 else "images"
+    meta = {"format": fmt, "model_file": output.name, "input_name": input_name,
+            "output_name": output_name, **meta, "input_shape": shape, "dynamic_batch": True,
+            "output_shape": output_shape, "output": description,
+            "torch_version": torch.__version__}
+    if meta["task"] in CLASSES_TASKS and fits_task:  # what deployments of a classifier read
+        meta["class_names"] = list(meta["output_names"] or [])
     if fmt == "onnx":
-        export_onnx(model, example, output, opset)
+        export_onnx(model, example, output, opset, (input_name, output_name))
     elif fmt == "torchscript":
         export_torchscript(model, example, output, meta)
     else:
         raise ExportError(f"unknown format {fmt!r}; use onnx or torchscript")
     batch_sizes = [1, 4, 7]
-    max_diff = parity(model, runner(fmt, output), shape, batch_sizes)
-    meta["parity"] = {"max_abs_logit_diff": max_diff, "tolerance": tolerance,
+    max_diff = parity(model, runner(fmt, output, input_name), shape, batch_sizes)
+    meta["parity"] = {"max_abs_diff": max_diff, "tolerance": tolerance,
                       "batch_sizes": batch_sizes, "input": "torch.randn, seed 0"}
     meta_path = output.with_name(output.name + ".json")
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     if not max_diff <= tolerance:  # also catches NaN
-        raise ExportError(f"{output}: exported logits differ from PyTorch's by {max_diff:.3g}, "
+        raise ExportError(f"{output}: exported outputs differ from PyTorch's by {max_diff:.3g}, "
                           f"more than the tolerance {tolerance:g}")
     return output, meta
 
@@ -198,9 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default=None,
                         help="model file (default: the checkpoint's path with .onnx / .pt)")
     parser.add_argument("--input_shape", type=int, nargs="+", default=None, metavar="N",
-                        help="C H W as the model sees it, if the checkpoint does not record it")
+                        help="C H W as the model sees it (F for a table of F features), if the "
+                             "checkpoint does not record it")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="max |logit difference| allowed between export and PyTorch")
+                        help="max |output difference| allowed between export and PyTorch")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
     args = parser.parse_args(argv)
     try:
@@ -210,11 +301,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"export: error: {error}\n")
         return 1
     check = meta["parity"]
+    shape = "x".join(["N", *map(str, meta["output_shape"])])
     print(f"Exported {meta['format']}: {output} (metadata: {output.name}.json), input "
-          f"Nx{'x'.join(map(str, meta['input_shape']))}, {len(meta['class_names'])} classes")
-    print(f"Parity: max |logit difference| {check['max_abs_logit_diff']:.2e} over batches of "
+          f"Nx{'x'.join(map(str, meta['input_shape']))}, output {shape} "
+          f"(task {meta['task']}{_names_note(meta['output_names'])})")
+    print(f"Parity: max |output difference| {check['max_abs_diff']:.2e} over batches of "
           f"{check['batch_sizes']} (tolerance {check['tolerance']:g})")
     return 0
+
+
+def _names_note(names: Sequence[str] | None) -> str:
+    if not names:
+        return ""
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    return f": {shown}"
 
 
 if __name__ == "__main__":

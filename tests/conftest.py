@@ -119,6 +119,9 @@ class MyModule(LightningModule):
         self.val_acc(self(x), y)
         self.log("val_acc", self.val_acc)
 
+    def predict_step(self, batch, batch_idx):  # written to predictions.csv as it is
+        return self(batch).softmax(dim=1)
+
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 '''

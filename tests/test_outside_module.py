@@ -248,6 +248,13 @@ def variants() -> dict[str, str]:
         "fixed": fixed,
         "scheduler_hint_left": fixed.replace("scheduler: LRSchedulerCallable,",
                                              "scheduler: torch.optim.lr_scheduler,"),
+        # Only the hints changed: configure_optimizers still calls self.hparams.optimizer.
+        "hints_only": LHT_STYLE_MODULE.replace(
+            "import torch\n",
+            "import torch\nfrom lightning.pytorch.cli import LRSchedulerCallable, "
+            "OptimizerCallable\n", 1).replace(
+            "optimizer: torch.optim.Optimizer,", "optimizer: OptimizerCallable,").replace(
+            "scheduler: torch.optim.lr_scheduler,", "scheduler: LRSchedulerCallable,"),
     }
 
 
@@ -316,6 +323,7 @@ def refused_runs(tmp_path_factory: pytest.TempPathFactory, digits_root: Path
     cases = {
         "as_copied": ["--config", "@as_copied.yaml"],
         "scheduler_hint_left": ["--config", "@scheduler_hint_left.yaml"],
+        "hints_only": ["--config", "@hints_only.yaml"],
         # A bad init arg two class paths deep: the cause is the last of six lines.
         "deep_cause": ["--config", "@fixed.yaml",
                        "--model.init_args.net.init_args.lin1_size=sixty-four"],
@@ -417,6 +425,18 @@ class CallsHparams:
 
     def configure_optimizers(self):
         return self.hparams.optimizer(params=[])
+
+
+def test_a_module_calling_hparams_optimizer_stops_with_one_line_naming_the_fix(
+    refused_runs: dict[str, subprocess.CompletedProcess[str]],
+) -> None:
+    result = refused_runs["hints_only"]
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("train.py:")]
+    assert line.startswith("train.py: error: configure_optimizers (")
+    assert "calls self.hparams.optimizer" in line and "self.optimizer(...)" in line
+    assert "docs/own_module.md" in line
 
 
 def test_calling_hparams_optimizer_is_explained_in_one_line() -> None:

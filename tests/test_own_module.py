@@ -1,7 +1,7 @@
 """A user's own LightningModule, written outside the project the way a user would write it (its
-own metric names, lazy layers, ``num_classes`` in ``__init__``, no ``test_step`` or
-``predict_step``), on their own CSV + image folder and on a table: it trains, checkpoints,
-predicts and exports with the same commands as the template's own model."""
+own metric names, lazy layers, ``num_classes`` in ``__init__``, no ``test_step``, a
+``predict_step`` that is a softmax), on their own CSV + image folder and on a table: it trains,
+checkpoints, predicts and exports with the same commands as the template's own model."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_the_modules_own_metric_names_the_best_checkpoint_which_predicts_and_exp
         [best.name, "last.ckpt"])
 
     # predict, on a machine without the training table: the classes come from the checkpoint,
-    # forward's logits become probabilities.
+    # predict_step's probabilities are written as they are.
     images = user_project / "to_predict"
     images.mkdir()
     for png in sorted((digits_root / "images").glob("*.png"))[:7]:

@@ -145,7 +145,8 @@ def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     # Eval mode under inference mode, for every batch (3 of 8, 8, 5).
     assert ModeProbe.seen == [(True, False)] * 3
     # Same numbers as the checkpoint's model in eval mode on the same preprocessing: dropout
-    # and BatchNorm batch statistics would change them.
+    # and BatchNorm batch statistics would change them. The probabilities are what
+    # ImageClassifier's predict_step returns (its softmax), written as they are.
     expected = lightning_probs(trained.ckpt, preprocessed(list(table["path"].map(Path))))
     np.testing.assert_allclose(table.filter(like="prob_").to_numpy(), expected.numpy(),
                                atol=1e-5)
@@ -227,14 +228,21 @@ def test_export_matches_the_lightning_model_and_describes_its_input(
     model_file = tmp_path / f"model.{fmt}"
     assert export.main(["--ckpt_path", str(trained.ckpt), "--format", fmt,
                         "--output", str(model_file)]) == 0
-    assert "Parity: max |logit difference|" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "output Nx10 (task multiclass: eight, five, four, nine, one, ...)" in out
+    assert "Parity: max |output difference|" in out
 
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
-    assert meta["class_names"] == sorted(WORDS)
+    assert meta["class_names"] == meta["output_names"] == sorted(WORDS)
+    assert meta["task"] == "multiclass"
+    # Measured from the exported forward: one logit per class.
+    assert meta["output_shape"] == [10] and meta["output_name"] == "logits"
+    assert meta["output"].startswith("logits, shape (N, 10): one per class")
     assert meta["input_shape"] == [1, 12, 12]  # 8x8 after the eval batch transforms' Pad(2)
+    assert meta["input_name"] == "images"
     assert meta["read_mode"] == "GRAY"
     assert meta["mean"] == pytest.approx([0.3]) and meta["std"] == pytest.approx([0.4])
-    assert meta["parity"]["max_abs_logit_diff"] <= meta["parity"]["tolerance"] == 1e-4
+    assert meta["parity"]["max_abs_diff"] <= meta["parity"]["tolerance"] == 1e-4
 
     # Independently of the export's own check: real images, two batch sizes.
     model = ImageClassifier.load_from_checkpoint(trained.ckpt, map_location="cpu",

@@ -1,26 +1,31 @@
-"""Every task end to end through real ``train.py`` processes, with a module written in the
-test's folder as a user would (its own metric names, lazy layers, no ``test_step``): two DDP
-processes, an exact mid-epoch resume after kill -9, and ``sweep.py --folds 2``."""
+"""Every task end to end through real ``train.py`` processes, with the template's module for
+the task and with a module written in the test's folder as a user would (its own metric names,
+lazy layers, no ``test_step``): fit, test, predict and export; two DDP processes; an exact
+mid-epoch resume after kill -9; and ``sweep.py --folds 2``."""
 
 from __future__ import annotations
 
+import json
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from sweeps.train_config import datamodule_from
-from tests.conftest import run_train_subprocess, start_sweep
+from tests.conftest import run_module_subprocess, run_train_subprocess, start_sweep
 from tests.task_data import USER_MODULE_FOR_TASK, USER_MODULES, write_task_data
 from tests.test_reliability import assert_same_weights, hook
 
-# A module written in the test's folder, per task. The template's own modules (the default a
-# task chooses) are covered in tests/test_task_cli.py and tests/test_task_models.py.
-CASES = [("regression", "user"), ("multilabel", "user"), ("segmentation", "user"),
+# The template's module (the default the data's task chooses; task none has none) and a
+# module written in the test's folder, per task.
+CASES = [("regression", "template"), ("multilabel", "template"), ("segmentation", "template"),
+         ("regression", "user"), ("multilabel", "user"), ("segmentation", "user"),
          ("none", "user")]
 pytestmark = pytest.mark.slow
 
@@ -66,6 +71,64 @@ def predict_input(task: str, project: Path) -> Path:
         table.to_csv(project / "new_rows.csv", index=False)
         return project / "new_rows.csv"
     return project / "data" / "images.csv"
+
+
+@pytest.mark.parametrize(("task", "module"), CASES)
+def test_each_task_fits_tests_predicts_and_exports(projects: dict[str, Path], task: str,
+                                                   module: str) -> None:
+    project = projects[task]
+    logs = project / f"full_{module}"
+    code, output = run(project, args_for(task, module, logs, "--max_epochs=3"))
+    assert code == 0, output[-4000:]
+    (run_dir,) = logs.glob("*/version_*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if module == "template":  # its test_step ran on the test split, with the task's metrics
+        metric = {"regression": "test/mae", "multilabel": "test/map",
+                  "segmentation": "test/miou"}[task]
+        assert metric in summary["metrics"], summary["metrics"]
+    else:
+        assert "has no test_step." in output
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+
+    code, output = run(project, ["predict", *args_for(task, module, logs), f"--ckpt_path={ckpt}",
+                                 f"--data.init_args.predict_path={predict_input(task, project)}"])
+    assert code == 0, output[-4000:]
+    table = pd.read_csv(run_dir / "predictions.csv")
+    if task == "regression":  # one column, in the table's units (disease progression 25-346)
+        assert list(table.columns) == ["row", "target"] and len(table) == 50
+        truth = pd.read_csv(project / "data" / "diabetes.csv")["target"]
+        assert abs(table["target"].mean() - truth.mean()) < 0.5 * truth.std()
+        assert table["target"].std() > 0.1 * truth.std()
+    elif task == "multilabel":  # a probability per label and the labels over 0.5
+        assert list(table.columns) == ["path", "labels", "prob_even", "prob_big"]
+        probabilities = table[["prob_even", "prob_big"]].to_numpy()
+        assert ((probabilities >= 0) & (probabilities <= 1)).all()
+        expected = [";".join(n for n, p in zip(("even", "big"), row, strict=True) if p >= 0.5)
+                    for row in probabilities]
+        assert table["labels"].fillna("").tolist() == expected
+    elif task == "segmentation":  # one PNG mask per image, its pixels the class indices
+        assert list(table.columns) == ["path", "mask"]
+        for name in table["mask"].iloc[:5]:
+            mask = np.array(Image.open(run_dir / name))
+            assert mask.shape == (8, 8) and set(np.unique(mask)) <= {0, 1, 2}
+    else:  # the autoencoder's reconstructions: one .npy per image
+        assert list(table.columns) == ["path", "output_file"]
+        assert np.load(run_dir / table["output_file"].iloc[0]).shape == (1, 8, 8)
+    if task != "regression":  # every image of the table, once
+        assert len(table) == len(pd.read_csv(project / "data" / "images.csv"))
+
+    exported = run_module_subprocess("models.export", [f"--ckpt_path={ckpt}"], cwd=project,
+                                     extra_path=project)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    meta = json.loads(ckpt.with_suffix(".onnx.json").read_text())
+    assert meta["task"] == task and meta["parity"]["max_abs_diff"] <= 1e-4
+    shapes = {"regression": ([10], []), "multilabel": ([1, 8, 8], [2]),
+              "segmentation": ([1, 8, 8], [3, 8, 8]), "none": ([1, 8, 8], [1, 8, 8])}
+    assert (meta["input_shape"], meta["output_shape"]) == shapes[task]
+    assert meta["output_names"] == {"regression": ["target"], "multilabel": ["even", "big"],
+                                    "segmentation": ["background", "small", "big"],
+                                    "none": None}[task]
+    assert ("class_names" in meta) == (task in ("multilabel", "segmentation"))
 
 
 @pytest.mark.ddp
