@@ -9,8 +9,9 @@
 
 Configuration is LightningCLI (jsonargparse): every ``__init__`` argument of the model, the
 datamodule, the Trainer and the callbacks is an option; ``--print_config`` shows what a run
-does. ``configs/default.yaml`` is loaded first, then ``configs/digits.yaml`` unless the command
-chooses its own data (``--data CLASS``, or a ``--config`` whose ``data:`` names a class).
+does. The default config chain, before any ``--config``: ``configs/default.yaml``; then
+``configs/digits.yaml`` unless the command chooses its own data (``--data CLASS``, or a
+``--config`` whose ``data:`` names a class); then, for ``predict`` only, ``configs/predict.yaml``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import lightning.pytorch
 from jsonargparse import ActionConfigFile
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,12 +32,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import configs
 import workarounds
-from callbacks.checkpoint import Checkpoint, resolve_last_checkpoint
-from callbacks.finite_loss import NonFiniteLossError
-from callbacks.prediction_writer import PredictionCSVWriter, class_names_in
-from callbacks.run_summary import RunSummary
+from callbacks.checkpoint import Checkpoint, class_names_in, resolve_last_checkpoint
 from configs.task_defaults import NoDefaultModel, with_default_model
-from datamodules.validation import DataError, data_error_in
+from errors import DataError, NonFiniteLossError, data_error_in
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
@@ -50,8 +48,8 @@ LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "clas
 
 
 class TemplateCLI(LightningCLI):
-    """LightningCLI plus: the checkpoint, prediction and run callbacks as config sections, the
-    data's class count and feature count handed to the model, and ``--ckpt_path last``."""
+    """LightningCLI plus: the checkpoint callback as a config section, what the model needs to
+    know about the data handed to it, and ``--ckpt_path last``."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # LightningCLI's own, with errors in one line (its parser_class argument: Lightning 2.6+).
@@ -63,13 +61,6 @@ class TemplateCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        parser.add_argument("--predictions", type=BasePredictionWriter | None,
-                            default=None,
-                            help="What `predict` writes (null: nothing; or your own "
-                                 "BasePredictionWriter).")
-        parser.add_argument("--run_callbacks", type=list[Callback] | None, default=None,
-                            help="What every run does, besides trainer.callbacks (see "
-                                 "configs/default.yaml); a list here replaces the whole list.")
         # Into any model whose __init__ takes them (ImageClassifier passes in_features on to its
         # backbone); skipped where it does not.
         for source, target in LINKS:
@@ -116,11 +107,8 @@ class TemplateCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        listed = config["trainer"].get("callbacks") or []
-        listed = [listed] if isinstance(listed, Callback) else list(listed)
-        callbacks = [*listed, *(config.get("run_callbacks") or [])]
-        if config.get("predictions") is not None:
-            callbacks.append(config["predictions"])
+        callbacks = config["trainer"].get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         if config["trainer"].get("enable_progress_bar") is False:  # it wins over a listed bar
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
@@ -141,7 +129,7 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         except NoDefaultModel as error:
             sys.stderr.write(f"train.py: error: {error}\n")
             sys.exit(2)
-    defaults = {"default_config_files": configs.default_config_files(argv),
+    defaults = {"default_config_files": configs.default_config_files(argv, stage),
                 "epilog": configs.ALIAS_HELP}
     try:
         cli = TemplateCLI(
@@ -186,11 +174,10 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         sys.stderr.write("train.py: stopped by SIGTERM; resume with --ckpt_path last\n")
         sys.exit(143)
     for callback in trainer.callbacks:
-        # Predict has no metrics, and its summary.json would replace the training run's.
-        if isinstance(callback, RunSummary) and stage != "predict":
+        # Once the whole command (fit, then test) is done, after the last progress bar: the
+        # callbacks with something to say (RunSummary's table, where predictions went).
+        if callable(getattr(callback, "report", None)):
             callback.report(trainer)
-        if isinstance(callback, PredictionCSVWriter) and callback.written:
-            print(callback.written)  # after the progress bar, only on rank 0 (which wrote it)
     return cli
 
 

@@ -83,7 +83,7 @@ def default_recipe_data(root: Path) -> DigitsDataModule:
     """The datamodule exactly as the default run builds it (through the CLI's parser)."""
     cli = train.TemplateCLI(
         args=["--data.init_args.root", str(root)], run=False,
-        parser_kwargs={"default_config_files": default_config_files([])},
+        parser_kwargs={"default_config_files": default_config_files([], "fit")},
         save_config_callback=None, auto_configure_optimizers=False,
     )
     data = cli.datamodule

@@ -5,7 +5,7 @@ which records its position) against a plain ``DataLoader``, and one step checkpo
 
 1. **Loader alone**: every training batch of ``--epochs`` epochs, read through the datamodule's
    ``train_dataloader()`` (same dataset, sampler, batch size and workers; only the loader class
-   differs, ``TableDataModule.train_loader_class``: the template's
+   differs, the name ``datamodules.base.ResumableLoader`` swapped for the run: the template's
    ``datamodules.resume.ResumableLoader`` or a plain ``DataLoader``):
    - the digits default: cached uint8 images, batch 16, no loader workers;
    - 2,000 64x64 RGB PNGs decoded per sample with a random crop + flip, batch 64, 2 workers.
@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from data_pipeline import make_images  # noqa: E402
 from overhead import default_recipe_data, fit_clock, paired_ratio, redirected_to_file  # noqa: E402
 
+import datamodules.base  # noqa: E402
 import train  # noqa: E402
 from datamodules.base import TableDataModule  # noqa: E402
 from datamodules.image_csv import ImageCSVDataModule  # noqa: E402
@@ -53,12 +54,12 @@ LOADERS: dict[str, type[DataLoader]] = {"plain DataLoader": DataLoader,
 
 @contextlib.contextmanager
 def training_loader_class(loader_class: type[DataLoader]) -> Iterator[None]:
-    original = TableDataModule.train_loader_class
-    TableDataModule.train_loader_class = loader_class
+    original = datamodules.base.ResumableLoader
+    datamodules.base.ResumableLoader = loader_class
     try:
         yield
     finally:
-        TableDataModule.train_loader_class = original
+        datamodules.base.ResumableLoader = original
 
 
 def read_epochs(data: TableDataModule, epochs: int) -> tuple[float, int]:

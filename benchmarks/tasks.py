@@ -35,19 +35,22 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONFIGS = {"multiclass": [], "regression": ["--config", "configs/examples/diabetes.yaml"],
-           "multilabel": ["--config", "configs/examples/digit_tags.yaml"],
-           "segmentation": ["--config", "configs/examples/digit_strokes.yaml"]}
+EXAMPLES = REPO / "configs" / "examples"
+CONFIGS = {"multiclass": [], "regression": ["--config", str(EXAMPLES / "diabetes.yaml")],
+           "multilabel": ["--config", str(EXAMPLES / "digit_tags.yaml")],
+           "segmentation": ["--config", str(EXAMPLES / "digit_strokes.yaml")]}
 METRICS = {"multiclass": ["acc", "f1"], "regression": ["mae", "rmse", "r2"],
            "multilabel": ["f1", "map"], "segmentation": ["miou", "dice"]}
 
 
 def train(task: str, seed: int, workdir: Path) -> tuple[dict[str, Any], Path]:
     logs = workdir / f"{task}_{seed}"
-    subprocess.run([sys.executable, str(REPO / "train.py"), *CONFIGS[task], f"--seed={seed}",
-                    f"--trainer.logger.init_args.save_dir={logs}",
-                    "--trainer.enable_progress_bar=false"],
-                   cwd=workdir, check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(REPO / "train.py"), *CONFIGS[task],
+                           f"--seed={seed}", f"--trainer.logger.init_args.save_dir={logs}",
+                           "--trainer.enable_progress_bar=false"],
+                          cwd=workdir, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{task}, seed {seed}: train.py failed:\n{done.stderr[-2000:]}")
     (summary,) = logs.glob("*/version_*/summary.json")
     return json.loads(summary.read_text()), summary.parent
 
@@ -119,7 +122,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     options = parser.parse_args()
-    print("| task | metric | template (test, mean over seeds) | baseline (test) | fit wall |")
+    print("| task | metric | template (test, per seed) | baseline (test) | fit wall |")
     print("| --- | --- | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)

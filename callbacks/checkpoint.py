@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
@@ -17,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from callbacks.finite_loss import NonFiniteLossError, all_finite
+from callbacks.finite_loss import all_finite
+from errors import NonFiniteLossError
 
 # {name} or {name:format} in a checkpoint file name
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
@@ -273,3 +275,14 @@ def resolve_last_checkpoint(config: Any) -> None:
         run_dir = Path(ckpt_path).resolve().parent.parent
         if run_dir.parent == runs.resolve():
             init_args["version"] = run_dir.name
+
+
+def class_names_in(ckpt_path: str | Path) -> list[str] | None:
+    """The class names a checkpoint was trained on: the model's ``class_names``
+    hyperparameter, else the datamodule state saved in it (any entry with ``class_names``)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    for value in checkpoint.values():
+        if not names and isinstance(value, dict) and isinstance(value.get("class_names"), list):
+            names = value["class_names"]
+    return [str(n) for n in names] if names else None

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 
+from models.optim import no_weight_decay_names
 from models.param_groups import param_groups_weight_decay
 
 # Per-group lists that PyTorch schedulers keep, and how a new group's entry is made from the
@@ -119,12 +120,11 @@ class FreezeBackbone(BaseFinetuning):
 
     @staticmethod
     def _decay_groups(pl_module: LightningModule) -> list[dict[str, Any]]:
-        """The weight-decay split ``ImageClassifier.configure_optimizers`` makes."""
+        """The weight-decay split ``models.optim.optimizers_from_config`` makes: the module's
+        ``no_weight_decay`` option (if it has one) and every submodule's own list."""
         hparams = getattr(pl_module, "hparams", {})
-        # ImageClassifier's extra no-decay names (its option and the backbone's own list).
-        names_of = getattr(pl_module, "_no_decay_names", None)
         return param_groups_weight_decay(
-            pl_module, names_of() if callable(names_of) else (),
+            pl_module, no_weight_decay_names(pl_module, hparams.get("no_weight_decay", ())),
             exclude_bias_and_norm=not hparams.get("weight_decay_norm_and_bias", False),
         )
 

@@ -22,9 +22,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss was NaN or infinite; the message names the step."""
+from errors import NonFiniteLossError
 
 
 class StopOnNonFiniteLoss(Callback):

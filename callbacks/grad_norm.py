@@ -6,20 +6,17 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer
 
-from callbacks.direct_logging import log_to_loggers, logs_this_step
-
 
 class GradNormLogger(Callback):
-    """Logs ``grad_norm/total`` (the norm of all gradients as one vector) once per
-    ``trainer.log_every_n_steps`` optimizer steps.
+    """Logs ``grad_norm/total`` (the norm of all gradients as one vector) with ``self.log``, on
+    the steps Lightning writes (every ``trainer.log_every_n_steps``).
 
     Lightning calls ``on_before_optimizer_step`` after backward (and after AMP unscaling) but
     *before* ``configure_gradient_clipping``, so this is the pre-clip norm: compare it with
-    ``trainer.gradient_clip_val`` to see how often and how hard clipping acts. The norm is
-    computed only on the steps that are logged, as one fused norm with a single device sync, and
-    is not reduced across ranks: DDP gradients are already identical on every rank after
-    backward. It goes straight to the loggers (see ``callbacks.direct_logging``), so it is not
-    in ``trainer.callback_metrics``.
+    ``trainer.gradient_clip_val`` to see how often and how hard clipping acts. It is one fused
+    norm over all gradients, where Lightning's ``utilities.grad_norm`` gives one value per
+    parameter. Not reduced across ranks: DDP gradients are identical on every rank after
+    backward.
 
     Args:
         norm_type: the p of the p-norm; ``2`` matches ``gradient_clip_algorithm: norm``,
@@ -34,19 +31,17 @@ class GradNormLogger(Callback):
     def on_before_optimizer_step(
         self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
     ) -> None:
-        # Before the optimizer step, global_step is the step being taken (the helper's default).
-        # Only the steps whose step-level metrics Lightning writes: no norm computed to be dropped.
-        if not logs_this_step(trainer):
+        # Only on the steps Lightning writes (its own test: every log_every_n_steps steps, and
+        # the last one): the norm of a step it does not write would be thrown away. Computing
+        # and logging it on every step cost 2 ms a step here (13 % of a digits step).
+        every, step = trainer.log_every_n_steps, trainer.global_step
+        if every == 0 or ((step + 1) % every and not trainer.should_stop):
             return
         named = [(name, p.grad) for name, p in pl_module.named_parameters() if p.grad is not None]
         if not named:
             return
-        # One fused norm over all gradients and one device sync, where Lightning's grad_norm
-        # converts each parameter's norm to a Python float (a sync each on a GPU).
-        total = torch.nn.utils.get_total_norm([g for _, g in named], self.norm_type)
-        metrics = {"grad_norm/total": total.item()}
+        metrics = {"grad_norm/total":
+                   torch.nn.utils.get_total_norm([g for _, g in named], self.norm_type)}
         if self.log_per_parameter:
-            norms = torch.stack([g.norm(self.norm_type) for _, g in named]).tolist()
-            metrics.update({f"grad_norm/{name}": n for (name, _), n in zip(named, norms,
-                                                                            strict=True)})
-        log_to_loggers(trainer, metrics)
+            metrics.update({f"grad_norm/{name}": g.norm(self.norm_type) for name, g in named})
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)

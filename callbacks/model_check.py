@@ -10,7 +10,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.nn.parameter import is_lazy
 from torch.utils.data import default_collate
 
-from datamodules.validation import DataError
+from errors import DataError
 
 
 class CheckModelTakesData(Callback):

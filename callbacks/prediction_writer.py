@@ -62,7 +62,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-from datamodules.validation import DataError
+from errors import DataError
 
 CLASSIFICATION = ("multiclass", "multilabel")
 # Dict entries a classification module may put its probabilities under, for label(s).
@@ -96,6 +96,11 @@ class PredictionCSVWriter(BasePredictionWriter):
         self._indices: list[Tensor] = []
         self._kept: list[Kept] = []
         self.written = ""  # what was written where, for the caller to print once the run ends
+
+    def report(self, trainer: Trainer) -> None:
+        """Say where the predictions went (train.py calls it after the progress bar)."""
+        if self.written:  # only on rank 0, which wrote them
+            print(self.written)
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._indices, self._kept = [], []
@@ -340,17 +345,6 @@ def default_output(ckpt_path: str | Path) -> Path:
     if folder.name == "checkpoints":
         folder = folder.parent
     return folder / "predictions.csv"
-
-
-def class_names_in(ckpt_path: str | Path) -> list[str] | None:
-    """The class names a checkpoint was trained on: the model's ``class_names``
-    hyperparameter, else the datamodule state saved in it (any entry with ``class_names``)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
-    for value in checkpoint.values():
-        if not names and isinstance(value, dict) and isinstance(value.get("class_names"), list):
-            names = value["class_names"]
-    return [str(n) for n in names] if names else None
 
 
 # -- helpers -----------------------------------------------------------------------------------

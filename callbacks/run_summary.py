@@ -14,7 +14,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from rich.table import Table
 
-from callbacks.throughput import batch_size
+
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: the length of its first tensor (``(images, targets)`` -> images)."""
+    while isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if isinstance(batch, dict) and batch:
+        return batch_size(next(iter(batch.values())))
+    return len(batch)
 
 
 class RunSummary(Callback):
@@ -109,7 +116,9 @@ class RunSummary(Callback):
         }
 
     def report(self, trainer: Trainer, console: Console | None = None) -> None:
-        if not trainer.is_global_zero:
+        """Print the table and write the files (train.py calls it once the command is done).
+        Not after predict: it has no metrics, and its summary.json would replace the fit's."""
+        if not trainer.is_global_zero or trainer.state.fn == "predict":
             return
         summary = self.collect(trainer)
         if summary["log_dir"]:
@@ -164,7 +173,8 @@ def _metrics_table(summary: dict[str, Any]) -> Table:
     table.add_column("metric", style="bold")
     names: list[str] = []
     for _, values in columns:
-        names += [name for name in values if name not in names]
+        # One row per metric; a vector's entries (val/acc_per_class/3) stay in summary.json.
+        names += [name for name in values if name not in names and "/" not in name]
     for title, _ in columns:
         table.add_column(title, justify="right")
     for name in names:

@@ -25,11 +25,14 @@ from lightning.pytorch.cli import LightningArgumentParser
 FOLDER = Path(__file__).resolve().parent
 DEFAULT_CONFIG = FOLDER / "default.yaml"
 DIGITS_CONFIG = FOLDER / "digits.yaml"
+PREDICT_CONFIG = FOLDER / "predict.yaml"
 
 
-def default_config_files(argv: list[str]) -> list[str]:
-    """``default.yaml``, plus ``digits.yaml`` unless ``argv`` chooses its own data."""
-    return [str(DEFAULT_CONFIG)] + ([] if chooses_data(argv) else [str(DIGITS_CONFIG)])
+def default_config_files(argv: list[str], stage: str) -> list[str]:
+    """``default.yaml``; ``digits.yaml`` unless ``argv`` chooses its own data; ``predict.yaml``
+    (the predictions writer) for ``predict``."""
+    data = [] if chooses_data(argv) else [str(DIGITS_CONFIG)]
+    return [str(DEFAULT_CONFIG), *data, *([str(PREDICT_CONFIG)] if stage == "predict" else [])]
 
 
 def chooses_data(argv: list[str]) -> bool:
@@ -135,13 +138,6 @@ class OneLineErrorParser(LightningArgumentParser):
             sys.stderr.write(f"train.py: error: {line}\n")
             sys.exit(2)
         return cfg
-
-    def save(self, cfg: Any, *args: Any, **kwargs: Any) -> None:
-        # config.yaml is written from the config this parser has just validated (Lightning's
-        # SaveConfigCallback calls this in every fit); validating it again costs a noticeable
-        # share of a short run.
-        kwargs.setdefault("skip_validation", True)
-        super().save(cfg, *args, **kwargs)
 
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",

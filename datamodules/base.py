@@ -38,8 +38,8 @@ from datamodules.samplers import (
     class_balanced_weights,
 )
 from datamodules.splits import stratified_folds, stratified_split
-from datamodules.stacked_batch import collate_stacked
-from datamodules.validation import DataError, DataValidationError, Problem
+from datamodules.validation import DataValidationError, Problem
+from errors import DataError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -505,10 +505,6 @@ class TableDataModule(LightningDataModule):
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
 
     # -- loaders -----------------------------------------------------------------------------
-    # The training loader's class: a StatefulDataLoader records its position for an exact
-    # resume inside an epoch; a plain DataLoader here resumes exactly only at epoch ends.
-    train_loader_class: type[DataLoader] = ResumableLoader
-
     def train_dataloader(self) -> DataLoader:
         """A loader that records its position (torchdata's ``StatefulDataLoader``, with the
         resumable sampler): a checkpoint taken inside an epoch continues with the next batch
@@ -570,7 +566,7 @@ class TableDataModule(LightningDataModule):
         return self.num_workers
 
     def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
-        """The training loader is ``train_loader_class`` (it saves its position); the others
+        """The training loader is a ``ResumableLoader`` (it saves its position); the others
         are plain ``DataLoader``s, which evaluation restarts from the start anyway."""
         workers = self.loader_workers()
         if self.num_workers == 0:
@@ -580,7 +576,7 @@ class TableDataModule(LightningDataModule):
         # workers: a new iterator per epoch; persistent ones: only the first) would move the
         # global stream, and dropout would depend on the worker setting and on resuming.
         generator = torch.Generator().manual_seed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        loader_class = self.train_loader_class if split == "train" else DataLoader
+        loader_class = ResumableLoader if split == "train" else DataLoader
         return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -590,7 +586,6 @@ class TableDataModule(LightningDataModule):
             prefetch_factor=4 if workers > 0 else None,
             pin_memory=torch.cuda.is_available(),
             generator=generator,
-            collate_fn=collate_stacked,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -19,14 +19,13 @@ from torchvision.transforms.v2 import functional as TF
 from datamodules.base import TableDataModule, read_table, targets_tensor
 from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.samplers import call_with_seed
-from datamodules.stacked_batch import StackedSamples
 from datamodules.validation import (
-    DataError,
     DataValidationError,
     Problem,
     check_image_file,
     non_finite_feature_problems,
 )
+from errors import DataError
 
 
 class FeatureDataset(Dataset):
@@ -44,12 +43,6 @@ class FeatureDataset(Dataset):
         if self.targets is None:
             return self.features[index]
         return self.features[index], self.targets[index]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """A batch's rows with one indexing operation instead of a call per row."""
-        if self.targets is None:
-            return [self[index] for index in indices]
-        return StackedSamples.gather(self.features, self.targets, indices)
 
 
 class InMemoryImageDataset(Dataset):

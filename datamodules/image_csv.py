@@ -27,10 +27,8 @@ from torchvision.transforms import v2
 from datamodules.base import TableDataModule, read_table, targets_tensor
 from datamodules.batch_transforms import flatten_transforms
 from datamodules.samplers import call_with_seed
-from datamodules.stacked_batch import StackedSamples
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
-    DataError,
     Problem,
     check_image_files,
     check_masks,
@@ -38,6 +36,7 @@ from datamodules.validation import (
     load_image,
     load_mask,
 )
+from errors import DataError
 
 log = logging.getLogger(__name__)
 ReadMode = Literal["GRAY", "RGB", "UNCHANGED"]
@@ -95,15 +94,6 @@ class ImageCSVDataset(Dataset):
         if self.transform is not None:
             image = call_with_seed(self.transform, image, seed=seed)
         return image if self.targets is None else (image, self.targets[index])
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """A batch's samples (the DataLoader calls this instead of one ``__getitem__`` each).
-        Cached images of one size that have no per-image transform (augmentation runs on the
-        batch) are gathered with one indexing operation: ~10x less per-sample Python."""
-        if (self.transform is not None or not isinstance(self.cache, Tensor)
-                or self.targets is None or self.masks is not None):
-            return [self[index] for index in indices]
-        return StackedSamples.gather(self.cache, self.targets, indices)
 
 
 class ImageCSVDataModule(TableDataModule):

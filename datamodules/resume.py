@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.validation import DataError
+from errors import DataError
 
 
 class ResumableLoader(StatefulDataLoader):

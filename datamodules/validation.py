@@ -19,6 +19,8 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms.v2 import functional as TF
 
+from errors import DataError
+
 SHOWN_PROBLEMS = 10
 # PIL's own decompression-bomb threshold: a header claiming more pixels than this is refused
 # before anything is decoded.
@@ -37,19 +39,6 @@ def first_problems(messages: Sequence[str]) -> list[str]:
 class Problem:
     row: int  # 0-based position in the table, as pandas shows it
     message: str
-
-
-class DataError(ValueError):
-    """Bad input data or data options. train.py reports these as an error message, without a
-    traceback: the message names the file, row or option to fix."""
-
-
-def data_error_in(error: BaseException | None) -> DataError | None:
-    """The DataError that ``error`` is, or was raised while handling (jsonargparse wraps an
-    error raised while building the data or the model in a ValueError of its own)."""
-    while error is not None and not isinstance(error, DataError):
-        error = error.__cause__ or error.__context__
-    return error
 
 
 class DataValidationError(DataError):

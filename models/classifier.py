@@ -33,10 +33,9 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from callbacks.direct_logging import log_to_loggers, logs_this_step
-from datamodules.validation import DataError
+from errors import DataError
 from models.mlp import MLP
-from models.optim import check_resumed_schedule, no_weight_decay_names, optimizers_from_config
+from models.optim import check_resumed_schedule, no_weight_decay_names, optimizers_from_hparams
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
 
@@ -96,7 +95,7 @@ class ImageClassifier(LightningModule):
             left as they are.
         per_class_accuracy_max_classes: log validation and test accuracy per class
             (``val/acc_per_class/<class name>``; multilabel: ``val/f1_per_label/<label>`` and
-            ``val/ap_per_label/<label>``), straight to the logger, once per epoch, when there
+            ``val/ap_per_label/<label>``), once per epoch, when there
             are at most this many classes or labels; ``0`` turns it off. Beyond a few dozen
             the TensorBoard confusion matrix says more than a wall of curves.
         compile_backbone: ``torch.compile`` the backbone (``nn.Module.compile``, so checkpoint
@@ -174,9 +173,6 @@ class ImageClassifier(LightningModule):
         for stage in ("train", "val", "test"):
             setattr(self, f"{stage}_metrics", metrics.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
-        # Per step: (argmax classes or sigmoid probabilities, targets, loss x batch size).
-        self._epoch_outputs: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {
-            "train": [], "val": [], "test": []}
         few = 0 < num_classes <= self.hparams.get("per_class_accuracy_max_classes", 0)
         for stage in ("val", "test"):
             setattr(self, f"{stage}_per_class",
@@ -196,75 +192,51 @@ class ImageClassifier(LightningModule):
         logits = self(inputs)
         if self._multilabel:
             loss = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
-            kept = logits.detach().float().sigmoid()  # average precision needs the scores
+            # Average precision needs the scores; torchmetrics wants integer multi-hot targets.
+            scores, targets = logits.detach().float().sigmoid(), targets.long()
         else:
             loss = F.cross_entropy(logits, targets,
                                    label_smoothing=self.hparams["label_smoothing"])
-            kept = logits.detach().argmax(-1)
-        # Only kept here; the metrics see the whole epoch at once in _log_epoch_metrics. Updating
-        # MetricCollection(acc, f1) + MeanMetric every step (input checks, small kernels) took
-        # ~1 ms, ~10 % of a digits CNN step on CPU; the epoch values are the same (the states
-        # are sums).
-        self._epoch_outputs[stage].append((kept, targets, loss.detach() * len(targets)))
-        # Per-step loss for the progress bar and the logger, only on the steps the logger
-        # writes (as LearningRateMonitor does), sparing self.log's bookkeeping on the others.
-        # Unsynced: a collective on every step costs ~30 % under DDP.
-        if stage == "train" and logs_this_step(self.trainer):
+            scores = logits.detach()
+        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
+        metrics.update(scores, targets)
+        getattr(self, f"{stage}_loss").update(loss.detach(), weight=len(targets))
+        per_class: MetricCollection | None = getattr(self, f"{stage}_per_class", None)
+        if per_class is not None:
+            per_class.update(scores, targets)
+        if stage == "train":
             self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss, logits
 
-    def _log_epoch_metrics(self, stage: Stage) -> None:
-        """Compute a stage's epoch metrics from the kept outputs, log and reset them;
-        torchmetrics syncs them across DDP ranks."""
-        outputs = self._epoch_outputs[stage]
-        if not outputs:  # e.g. limit_val_batches=0
-            return
-        predictions = torch.cat([p for p, _, _ in outputs])
-        targets = torch.cat([t for _, t, _ in outputs])
-        if self._multilabel:
-            targets = targets.long()  # torchmetrics wants integer multi-hot targets
-        weighted_losses = torch.stack([w for _, _, w in outputs])
-        outputs.clear()
-        loss: MeanMetric = getattr(self, f"{stage}_loss")
-        metrics: MetricCollection = getattr(self, f"{stage}_metrics")
-        loss.update(weighted_losses.sum() / len(targets), weight=len(targets))
-        metrics.update(predictions, targets)
-        values = {f"{stage}/loss": loss.compute(), **metrics.compute()}
-        self._log_per_class(stage, predictions, targets)
-        # Already equal on every rank; sync_dist keeps Lightning from warning and costs one
-        # collective per epoch.
-        self.log_dict(values, sync_dist=True, prog_bar=stage == "val")
-        loss.reset()
-        metrics.reset()
+    def _log_epoch(self, stage: Stage) -> None:
+        self.log_dict(getattr(self, f"{stage}_metrics"), prog_bar=stage == "val")
+        self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "val")
+        self._log_per_class(stage)
 
-    def _log_per_class(self, stage: Stage, predictions: Tensor, targets: Tensor) -> None:
-        """``<stage>/acc_per_class/<class>`` (multilabel: ``f1_per_label``, ``ap_per_label``)
-        to the loggers, bypassing ``self.log`` (~1 ms per value of bookkeeping; these are for
-        TensorBoard, not for callbacks or checkpoints)."""
+    def _log_per_class(self, stage: Stage) -> None:
+        """``<stage>/acc_per_class/<class>`` (multilabel: ``f1_per_label``, ``ap_per_label``),
+        once per epoch: a vector metric that ``self.log`` cannot take whole."""
         metrics: MetricCollection | None = getattr(self, f"{stage}_per_class", None)
         if metrics is None:
             return
-        metrics.update(predictions, targets)
-        # Synced across DDP ranks, on every rank.
         per_class = {kind: value.tolist() for kind, value in metrics.compute().items()}
         metrics.reset()
-        if self.trainer.sanity_checking:
-            return
         names = self.hparams["class_names"] or [str(i) for i in range(self.hparams["num_classes"])]
-        values = {f"{stage}/{kind}/{name}": value for kind, per in per_class.items()
-                  for name, value in zip(names, per, strict=True)}
-        # Inside fit the epoch's optimizer steps are done: its metrics belong to the last one.
-        fitting = self.trainer.state.fn == "fit"
-        log_to_loggers(self.trainer, values, step=self.trainer.global_step - int(fitting))
+        # Already synced by compute(); sync_dist only keeps Lightning from warning under DDP.
+        self.log_dict({f"{stage}/{kind}/{name}": value for kind, per in per_class.items()
+                       for name, value in zip(names, per, strict=True)}, sync_dist=True)
 
+    # Metric objects, updated every step, logged once per epoch: Lightning computes them (synced
+    # across DDP ranks) and resets them. Logging them from every step instead costs ~0.7 ms per
+    # metric and step in Lightning's bookkeeping (benchmarks/overhead.py).
     def on_train_epoch_end(self) -> None:
-        self._log_epoch_metrics("train")
+        self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_epoch_metrics("val")
+        self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch_metrics("test")
+        self._log_epoch("test")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._shared_step(batch, "train")
@@ -295,25 +267,16 @@ class ImageClassifier(LightningModule):
     # -- optimization ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         self._l1_params = self._decayed_weights()
-        return optimizers_from_config(
-            self, self.optimizer_factory, self.scheduler_factory,
-            interval=self.hparams["scheduler_interval"],
-            monitor=self.hparams["scheduler_monitor"],
-            no_weight_decay=self.hparams["no_weight_decay"],
-            weight_decay_norm_and_bias=self.hparams["weight_decay_norm_and_bias"],
-        )
+        return optimizers_from_hparams(self, self.optimizer_factory, self.scheduler_factory)
 
     def on_train_start(self) -> None:
         check_resumed_schedule(self)
 
-    def _no_decay_names(self) -> list[str]:
-        """The names ``configure_optimizers`` does not decay (``FreezeBackbone`` asks)."""
-        return no_weight_decay_names(self, self.hparams["no_weight_decay"])
-
     def _decayed_weights(self) -> list[nn.Parameter]:
         """The parameters the L1 penalty applies to: those weight decay would apply to with
         the bias/norm exclusion on, whatever ``weight_decay_norm_and_bias`` says."""
-        groups = param_groups_weight_decay(self, self._no_decay_names())
+        groups = param_groups_weight_decay(
+            self, no_weight_decay_names(self, self.hparams["no_weight_decay"]))
         return [p for g in groups if "weight_decay" not in g for p in g["params"]]
 
 

@@ -92,6 +92,18 @@ def optimizers_from_config(
     return {"optimizer": built, "lr_scheduler": config}
 
 
+def optimizers_from_hparams(module: LightningModule, optimizer: Callable[..., Optimizer],
+                            scheduler: Callable[..., Any] | None) -> Optimizer | dict[str, Any]:
+    """:func:`optimizers_from_config` with the options the template's modules keep in their
+    hparams: ``scheduler_interval``, ``scheduler_monitor``, ``no_weight_decay`` and
+    ``weight_decay_norm_and_bias``."""
+    hparams = module.hparams
+    return optimizers_from_config(
+        module, optimizer, scheduler, interval=hparams["scheduler_interval"],
+        monitor=hparams["scheduler_monitor"], no_weight_decay=hparams["no_weight_decay"],
+        weight_decay_norm_and_bias=hparams["weight_decay_norm_and_bias"])
+
+
 def check_resumed_schedule(module: LightningModule) -> None:
     """Refuse a resumed run whose length no longer matches its schedule's; call it from
     ``on_train_start`` (after Lightning has loaded the checkpoint's schedule state).
@@ -137,8 +149,6 @@ def _schedule_length_kwargs(module: LightningModule, factory: Callable[..., Any]
     trainer = module.trainer
     total = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
     unsized = total is None or total == float("inf") or total < 1
-    if unsized and _length_optional(factory):
-        return {}  # e.g. NoamLR with warmup in steps: it needs no end
     if unsized:
         name = getattr(_target_class(factory), "__name__", "The scheduler")
         raise ValueError(
@@ -155,11 +165,6 @@ def _target_class(factory: Callable[..., Any]) -> type | None:
         return factory
     candidates = [getattr(factory, "func", None), *getattr(factory, "args", ())]
     return next((c for c in candidates if isinstance(c, type)), None)
-
-
-def _length_optional(factory: Callable[..., Any]) -> bool:
-    """True for schedules (``models.schedulers``) that can run without a known end."""
-    return bool(getattr(_target_class(factory), "total_steps_optional", False))
 
 
 def _needs_total_steps(factory: Callable[..., Any]) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from datamodules.validation import DataError
+from errors import DataError
 
 log = logging.getLogger(__name__)
 

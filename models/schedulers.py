@@ -14,13 +14,12 @@ when the config leaves it unset, so lengths are right for any devices, accumulat
 from __future__ import annotations
 
 import math
-from typing import ClassVar
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 
-def warmup_steps(warmup: int | float, total_steps: int | None, owner: str) -> int:
+def warmup_steps(warmup: int | float, total_steps: int, owner: str) -> int:
     """An int is a number of steps, a float a fraction of ``total_steps``."""
     if isinstance(warmup, bool) or warmup < 0:
         raise ValueError(f"{owner}: warmup must be a non-negative int or a float in [0, 1)")
@@ -30,12 +29,6 @@ def warmup_steps(warmup: int | float, total_steps: int | None, owner: str) -> in
         raise ValueError(
             f"{owner}: warmup={warmup} is a float, read as a fraction of total_steps, so it must "
             "be in [0, 1). Give an int for a number of steps."
-        )
-    if total_steps is None:
-        raise ValueError(
-            f"{owner}: warmup={warmup} is a fraction of total_steps, but the training length is "
-            "unknown (infinite training): give warmup as an int number of steps, or set "
-            "trainer.max_steps or trainer.max_epochs."
         )
     return round(warmup * total_steps)
 
@@ -58,11 +51,7 @@ class FactorSchedule(LRScheduler):
 
     A closed form instead of PyTorch's chainable (multiply-the-last-LR) form: no drift from
     accumulated rounding and nothing but ``last_epoch`` to restore on resume.
-    ``total_steps_optional`` tells ``ImageClassifier`` the schedule can run without a known
-    length (infinite training); it then receives ``total_steps=None``.
     """
-
-    total_steps_optional: ClassVar[bool] = False
 
     def factor(self, step: int) -> float:
         raise NotImplementedError
@@ -130,61 +119,3 @@ class WarmupLinearLR(WarmupDecay):
 
     def decay(self, progress: float) -> float:
         return 1.0 - progress
-
-
-class ConstantWarmupLR(FactorSchedule):
-    """``factor`` x base LR for the first ``warmup`` steps, then the base LR for good.
-
-    He et al. (ResNet, 2015) trained their 110-layer net at 0.01 until it started to learn, then
-    went back to 0.1: a very deep net can diverge at the full LR from random init. Use it alone
-    (``total_steps`` is only needed for a fractional ``warmup``) or write it before a decay.
-    """
-
-    total_steps_optional: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        total_steps: int | None = None,
-        warmup: int | float = 400,
-        factor: float = 0.1,
-        last_epoch: int = -1,
-    ) -> None:
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps(warmup, total_steps, type(self).__name__)
-        self.warmup_factor = factor
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self, step: int) -> float:
-        return self.warmup_factor if step < self.warmup_steps else 1.0
-
-
-class NoamLR(FactorSchedule):
-    """Inverse square root with linear warmup, from "Attention Is All You Need":
-    ``base LR x d_model^-0.5 x min(k^-0.5, k x warmup^-1.5)`` on step ``k``.
-
-    It rises linearly for ``warmup`` steps, peaks on step ``warmup`` and decays as ``1/sqrt(k)``
-    without a planned end, so it suits open-ended training (``total_steps`` is only needed for a
-    fractional ``warmup``). The paper's setting is Adam(0.9, 0.98) with base LR 1 (or 2).
-    """
-
-    total_steps_optional: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        d_model: int = 512,
-        total_steps: int | None = None,
-        warmup: int | float = 4000,
-        last_epoch: int = -1,
-    ) -> None:
-        self.total_steps = total_steps
-        self.warmup_steps = warmup_steps(warmup, total_steps, type(self).__name__)
-        if self.warmup_steps < 1:
-            raise ValueError("NoamLR: warmup must be at least 1 step (it divides by it)")
-        self.d_model = d_model
-        super().__init__(optimizer, last_epoch)
-
-    def factor(self, step: int) -> float:
-        k = step + 1
-        return self.d_model**-0.5 * min(k**-0.5, k * self.warmup_steps**-1.5)

@@ -116,7 +116,7 @@ class Sweep:
                 return
             if not (self.folder / run / "summary.json").is_file():
                 self.fail(trial, "the run wrote no summary.json (is callbacks.run_summary."
-                                 "RunSummary still in run_callbacks?)", run)
+                                 "RunSummary still in trainer.callbacks?)", run)
                 return
             summary = json.loads((self.folder / run / "summary.json").read_text())
             if summary.get("best_score") is None:

@@ -149,7 +149,7 @@ def datamodule_from(data: dict[str, Any]) -> Any:
 def fold_table(config: dict[str, Any], folds: int) -> Any:
     """The cross-validation folds of the configured data (its ``fold_table``), which also checks
     that every class has enough rows for the folds."""
-    from datamodules.validation import DataError
+    from errors import DataError
 
     data = json.loads(json.dumps(config["data"]))
     data["init_args"] = {**data.get("init_args", {}), "folds": folds, "fold": 0}

@@ -48,7 +48,7 @@ def test_default_run_trains_on_the_gpu_and_its_checkpoint_predicts_and_exports_o
     result = run_train_subprocess(
         ["predict", *base_args(digits_root, logs), f"--ckpt_path={summary['best_checkpoint']}",
          f"--data.init_args.predict_path={digits_root / 'images'}",
-         f"--predictions.output_path={predictions}"], cwd=tmp_path)
+         f"--trainer.callbacks.init_args.output_path={predictions}"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "GPU available: False" in output

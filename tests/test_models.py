@@ -15,7 +15,6 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 import train
 from callbacks.finetuning import FreezeBackbone, extend_scheduler
-from callbacks.matmul_precision import MatmulPrecision
 from models.classifier import ImageClassifier
 from models.pretrained import WeightsFileError
 from models.schedulers import WarmupCosineLR
@@ -400,53 +399,6 @@ def test_compiled_backbone_keeps_outputs_and_checkpoint_keys() -> None:
     batch = torch.randn(3, 1, 12, 12)
     with torch.no_grad():
         assert torch.allclose(compiled(batch), plain(batch), atol=1e-6)
-
-
-class RecordMatmulPrecision(Callback):
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.during = torch.get_float32_matmul_precision()
-
-
-def test_matmul_precision_is_set_for_the_run_and_restored(tmp_path: Path) -> None:
-    before = torch.get_float32_matmul_precision()
-    record = RecordMatmulPrecision()
-    trainer = Trainer(default_root_dir=tmp_path, max_steps=1, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0,
-                      callbacks=[MatmulPrecision("medium"), record])
-    trainer.fit(BoringModel())
-    assert record.during == "medium"
-    assert torch.get_float32_matmul_precision() == before
-
-
-def test_matmul_precision_is_set_before_lightning_checks_it_on_the_gpu(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Lightning checks the setting while it sets up the GPU, before any callback hook; found
-    unset, it logs advice to set it, which would be wrong advice for a run that does."""
-    from lightning.fabric.accelerators import cuda
-
-    monkeypatch.setattr(cuda.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(cuda, "_is_ampere_or_later", lambda device=None: True)
-    monkeypatch.setattr(cuda.torch.cuda, "get_device_name", lambda device=None: "a GPU")
-    check = cuda._check_cuda_matmul_precision.__wrapped__  # past its once-per-process cache
-    advice = "you should set `torch.set_float32_matmul_precision"
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # PyTorch's default
-    try:
-        with caplog.at_level("INFO"):
-            check(torch.device("cuda", 0))
-        assert advice in caplog.text  # what a run without the callback is told
-
-        caplog.clear()
-        callback = MatmulPrecision("high")
-        with caplog.at_level("INFO"):
-            check(torch.device("cuda", 0))
-        assert advice not in caplog.text
-        callback.on_exception(None, None, RuntimeError())  # type: ignore[arg-type]
-        assert torch.get_float32_matmul_precision() == "highest"
-    finally:
-        torch.set_float32_matmul_precision(before)
 
 
 def test_per_class_validation_accuracy_reaches_tensorboard_and_agrees_with_accuracy(

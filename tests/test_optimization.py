@@ -96,10 +96,6 @@ def warmup_then(decay: str, peak: float, total: int, warmup: int) -> list[float]
     return out
 
 
-def noam(scale: float, d_model: int, warmup: int, total: int) -> list[float]:
-    return [scale * d_model**-0.5 * min(k**-0.5, k * warmup**-1.5) for k in range(1, total + 1)]
-
-
 # -- OneCycle, the default -----------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "total"),
@@ -164,18 +160,11 @@ SCHED = "--model.init_args.scheduler"
          warmup_then("cosine", 0.01, 8, warmup=3)),
         ([f"{SCHED}=models.schedulers.WarmupLinearLR", f"{SCHED}.init_args.warmup=3"],
          warmup_then("linear", 0.01, 8, warmup=3)),
-        ([f"{SCHED}=models.schedulers.ConstantWarmupLR", f"{SCHED}.init_args.warmup=3",
-          f"{SCHED}.init_args.factor=0.1"],
-         [0.001] * 3 + [0.01] * 5),
-        ([f"{SCHED}=models.schedulers.NoamLR", f"{SCHED}.init_args.warmup=3",
-          f"{SCHED}.init_args.d_model=64", "--model.init_args.optimizer.init_args.lr=1.0"],
-         noam(1.0, 64, 3, 8)),
         ([f"{SCHED}=torch.optim.lr_scheduler.MultiStepLR", f"{SCHED}.init_args.milestones=[1]",
           f"{SCHED}.init_args.gamma=0.1", "--model.init_args.scheduler_interval=epoch"],
          [0.01] * 4 + [0.001] * 4),  # per epoch: the second epoch's 4 steps are at 0.1x
     ],
-    ids=["warmup-cosine", "warmup-linear", "constant-warmup", "noam",
-         "multistep-per-epoch"],
+    ids=["warmup-cosine", "warmup-linear", "multistep-per-epoch"],
 )
 def test_schedule_gives_its_closed_form_lr_on_every_step(
     run_dir: Path, digits_root: Path, args: list[str], expected: list[float]
@@ -233,20 +222,9 @@ def test_a_schedule_that_cannot_be_sized_fails_with_a_clear_message(
 ) -> None:
     with pytest.raises(ValueError, match=r"OneCycleLR needs a finite number of steps.*max_epochs"):
         fit(digits_root, run_dir, "--max_epochs=-1")
-    with pytest.raises(ValueError, match=r"warmup=0\.1 is a fraction.*infinite training"):
-        fit(digits_root, run_dir, "--max_epochs=-1", f"{SCHED}=models.schedulers.NoamLR",
-            f"{SCHED}.init_args.warmup=0.1")
-    # Noam with warmup in steps needs no end: it trains until something else stops it.
-    cli = fit(digits_root, run_dir, "--max_epochs=-1", f"{SCHED}=models.schedulers.NoamLR",
-              f"{SCHED}.init_args.warmup=2", "--trainer.limit_train_batches=2",
-              "--trainer.callbacks+=tests.test_optimization.StopAfter3Steps")
-    assert cli.trainer.lr_scheduler_configs[0].scheduler.total_steps is None
-    assert lrs_of(cli) == pytest.approx(noam(0.01, 512, 2, 3), rel=1e-9)
-
-
-class StopAfter3Steps(Callback):
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        trainer.should_stop = trainer.global_step >= 3
+    with pytest.raises(ValueError, match=r"WarmupCosineLR needs a finite number of steps"):
+        fit(digits_root, run_dir, "--max_epochs=-1",
+            f"{SCHED}=models.schedulers.WarmupCosineLR")
 
 
 # -- parameter groups -----------------------------------------------------------------------

@@ -130,7 +130,8 @@ def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     with pytest.warns(UserWarning, match=r"skipping 2 of 23 image\(s\) that cannot be read") as w:
         train.main(["predict", *trained.args(), f"--ckpt_path={trained.ckpt}",
                     f"--data.init_args.predict_path={trained.predict_dir}",
-                    f"--predictions.output_path={output}", "--data.init_args.batch_size=8",
+                    f"--trainer.callbacks.init_args.output_path={output}",
+                    "--data.init_args.batch_size=8",
                     "--trainer.callbacks+=tests.test_predict_export.ModeProbe"])
 
     table = pd.read_csv(output)
@@ -207,7 +208,7 @@ def test_predict_on_two_processes_writes_each_input_once(trained: Trained, tmp_p
     result = run_train_subprocess(
         ["predict", *trained.args(), "--devices=2", f"--ckpt_path={trained.ckpt}",
          f"--data.init_args.predict_path={trained.predict_dir}",
-         f"--predictions.output_path={output}", "--data.init_args.batch_size=4"],
+         f"--trainer.callbacks.init_args.output_path={output}", "--data.init_args.batch_size=4"],
         cwd=tmp_path,
     )
     log = result.stdout + result.stderr
@@ -274,13 +275,13 @@ def test_export_matches_the_lightning_model_and_describes_its_input(
 def test_readme_plain_pytorch_snippet_loads_the_weights_without_lightning(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "predict_export.md").read_text()
     block = re.search(r"<!-- plain-pytorch:start -->\n```python\n(.*?)```\n"
                       r"<!-- plain-pytorch:end -->", readme, re.DOTALL)
-    assert block, "README.md lost its plain-PyTorch snippet markers"
+    assert block, "docs/predict_export.md lost its plain-PyTorch snippet markers"
     monkeypatch.chdir(trained.workdir)  # its paths are relative, as a user would run it
     namespace: dict[str, object] = {}
-    exec(compile(block.group(1), "README.md:plain-pytorch", "exec"), namespace)
+    exec(compile(block.group(1), "docs/predict_export.md:plain-pytorch", "exec"), namespace)
 
     expected = lightning_probs(trained.ckpt, preprocessed([trained.data / "images/0000.png"]))
     torch.testing.assert_close(namespace["probs"], expected)

@@ -21,7 +21,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import RANDOM_PER_IMAGE_CONFIG, base_args, read_events, run_train_subprocess
+from tests.conftest import (
+    RANDOM_PER_IMAGE_CONFIG,
+    REPO,
+    base_args,
+    read_events,
+    run_train_subprocess,
+)
 from tests.test_reliability import assert_same_weights, hook, load, only_run, output
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -151,7 +157,9 @@ def test_slurm_signal_saves_hpc_checkpoint_at_the_steps_end_and_the_requeued_job
            "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NODELIST": "localhost",
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
     logs = tmp_path / "logs"
-    args = [*base_args(digits_root, logs), *RUN, *TWO_WORKERS]
+    # The requeue callback is an option: the config configs/slurm/train.sbatch loads.
+    args = [*base_args(digits_root, logs), f"--config={REPO / 'configs/slurm/requeue.yaml'}",
+            *RUN, *TWO_WORKERS]
     killed, reference = interrupted_and_uninterrupted(
         uninterrupted, TWO_WORKERS, args,
         [hook("SignalAtStep", signal_name="SIGUSR1", step=9), hook("SigkillAtStep", step=11)],

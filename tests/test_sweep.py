@@ -141,18 +141,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 
 
 def readme_search_space() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "sweeps.md").read_text()
     start = text.index("```yaml", text.index("**The search space**")) + len("```yaml")
     return text[start:text.index("```", start)]
 
 
-@pytest.mark.parametrize("source", ["README", "configs/search/digits.yaml"])
+@pytest.mark.parametrize("source", ["docs/sweeps.md", "configs/search/digits.yaml"])
 def test_the_shipped_search_spaces_pass_train_py_s_parser(
         run_dir: Path, digits_root: Path, source: str) -> None:
     import sweep
     from sweeps.train_config import check_options
 
-    path = (write(run_dir / "readme.yaml", readme_search_space()) if source == "README"
+    path = (write(run_dir / "readme.yaml", readme_search_space()) if source == "docs/sweeps.md"
             else REPO / source)
     space = load_search_space(path)
     assert len(space) >= 4

@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 
 from datamodules.dataframe import DataFrameDataModule
 from datamodules.image_csv import ImageCSVDataModule
-from datamodules.validation import DataError
+from errors import DataError
 
 
 def table(rows: int = 200, seed: int = 0) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from callbacks.prediction_writer import PredictionCSVWriter
 from callbacks.tensorboard_images import TensorBoardImages
-from datamodules.validation import DataError
+from errors import DataError
 from models import export
 from tests.conftest import read_events
 

@@ -77,7 +77,7 @@ def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) 
     from lightning.pytorch.profilers import SimpleProfiler
 
     args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
-    assert type(train.main(args).trainer.profiler).__name__ == "NoProfiler"  # the fast default
+    assert type(train.main(args).trainer.profiler).__name__ == "PassThroughProfiler"
     cli = train.main([*args, "--trainer.profiler=simple"])
     assert isinstance(cli.trainer.profiler, SimpleProfiler)
     recorded = cli.trainer.profiler.recorded_durations
@@ -279,17 +279,22 @@ def test_what_every_run_does_is_in_the_printed_config_and_can_be_removed(
     with pytest.raises(SystemExit):
         train.main(["--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
-    listed = {entry["class_path"].rpartition(".")[2] for entry in config["run_callbacks"]}
+    listed = [entry["class_path"].rpartition(".")[2] for entry in config["trainer"]["callbacks"]]
     assert {"RunSummary", "RNGState", "StopOnNonFiniteLoss", "ReportRankFailure",
-            "CheckModelTakesData", "PreprocessingMetadata", "default_progress_bar"} <= listed
+            "CheckModelTakesData", "PreprocessingMetadata", "LearningRateMonitor",
+            "GradNormLogger", "default_progress_bar"} == set(listed)
     assert [p["class_path"] for p in config["trainer"]["plugins"]] == [
         "callbacks.atomic_checkpoint_io.AtomicCheckpointIO"]
 
-    # Replacing trainer.callbacks keeps them; run_callbacks: [] and plugins: [] remove them.
+    # A config's `callbacks+:` appends to that list; `callbacks: []` and `plugins: []` empty it.
     args = ["fit", *base_args(digits_root, run_dir / "logs"), *TINY]
-    kept = train.main([*args, "--trainer.callbacks=[]"]).trainer
-    assert any(type(c).__name__ == "RunSummary" for c in kept.callbacks)
-    removed = train.main([*args, "--run_callbacks=[]", "--trainer.plugins=[]"]).trainer
+    (run_dir / "more.yaml").write_text(
+        "trainer:\n  callbacks+:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/loss}\n")
+    added = train.main([*args, f"--config={run_dir / 'more.yaml'}"]).trainer
+    names = [type(c).__name__ for c in added.callbacks]
+    assert "EarlyStopping" in names and "RunSummary" in names
+    removed = train.main([*args, "--trainer.callbacks=[]", "--trainer.plugins=[]"]).trainer
     names = {type(c).__name__ for c in removed.callbacks}
     assert not names & {"RunSummary", "RNGState", "StopOnNonFiniteLoss", "ReportRankFailure"}
     assert type(removed.strategy.checkpoint_io).__name__ != "AtomicCheckpointIO"

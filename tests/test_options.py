@@ -1,0 +1,109 @@
+"""Every option deletes cleanly: its files and its config lines go, and every other command still
+works. The manifest below is the list of options; the slow test deletes each one in a copy of
+the project and runs ``train.py --fast_dev_run 2`` and ``--print_config``."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# option -> (files and folders to delete, (config file, line) pairs to delete with them)
+OPTIONS: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
+    "tensorboard pictures": (["callbacks/tensorboard_images.py", "datamodules/show_batch.py",
+                              "configs/tensorboard_images.yaml"], []),
+    "slurm requeue": (["callbacks/slurm_requeue.py", "configs/slurm"], []),
+    "sweeps and cross-validation": (["sweep.py", "sweeps", "callbacks/optuna_pruning.py",
+                                     "configs/search"], []),
+    "export": (["models/export.py", "callbacks/preprocessing_metadata.py"],
+               [("configs/default.yaml", "preprocessing_metadata.PreprocessingMetadata")]),
+    "ema": (["callbacks/ema.py", "configs/ema.yaml"], []),
+    "fine-tuning": (["callbacks/finetuning.py", "configs/transfer.yaml"], []),
+    "lr finder": (["callbacks/lr_finder.py", "configs/lr_find.yaml"], []),
+    "early stopping": (["configs/callbacks.yaml"], []),
+    "benchmarks": (["benchmarks"], []),
+}
+# What is left of the project when an option is deleted, and what a default run imports.
+CORE_PACKAGES = ("datamodules", "models", "callbacks", "configs")
+CORE_FILES = ("train.py", "errors.py", "workarounds.py")
+
+
+def option_modules(files: list[str]) -> set[str]:
+    """The dotted module names of an option's Python files."""
+    modules = set()
+    for name in files:
+        path = REPO / name
+        for file in ([path] if path.is_file() else path.rglob("*.py")):
+            if file.suffix == ".py":
+                modules.add(".".join(file.relative_to(REPO).with_suffix("").parts))
+    return modules
+
+
+def imported_by(file: Path) -> set[str]:
+    tree = ast.parse(file.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_no_other_file_imports_an_option(option: str) -> None:
+    files, _ = OPTIONS[option]
+    mine = option_modules(files)
+    deleted = {(REPO / name).resolve() for name in files}
+    others = [REPO / name for name in CORE_FILES] + [
+        file for package in CORE_PACKAGES for file in (REPO / package).rglob("*.py")]
+    users = [str(file.relative_to(REPO)) for file in others
+             if file.resolve() not in deleted
+             and not any(parent in deleted for parent in file.resolve().parents)
+             and imported_by(file) & mine]
+    assert not users, f"{option}: imported by {users}"
+
+
+# `pip install -e .` maps the packages to this checkout, also for a module the copy lacks: the
+# copy runs with that finder taken out, so a deleted file cannot be found here.
+RUN_WITHOUT_THE_EDITABLE_INSTALL = """
+import runpy, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+sys.path.insert(0, ".")
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def copy_without(option: str, destination: Path) -> Path:
+    project = destination / "project"
+    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "logs", "data", "__pycache__", "tests", "*.egg-info"))
+    files, lines = OPTIONS[option]
+    for name in files:
+        path = project / name
+        assert path.exists(), f"the manifest names {name}, which does not exist"
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for config, line in lines:
+        path = project / config
+        kept = [row for row in path.read_text().splitlines(keepends=True) if line not in row]
+        assert len(kept) < len(path.read_text().splitlines()), (config, line)
+        path.write_text("".join(kept))
+    return project
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_deleting_an_option_leaves_train_py_working(option: str, tmp_path: Path) -> None:
+    project = copy_without(option, tmp_path)
+    for args in (["--fast_dev_run", "2", "--trainer.enable_progress_bar=false"],
+                 ["--print_config"]):
+        done = subprocess.run([sys.executable, "-c", RUN_WITHOUT_THE_EDITABLE_INSTALL, *args],
+                              cwd=project, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (option, args, done.stderr[-3000:])
