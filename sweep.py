@@ -46,9 +46,9 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                                        "or cv<K>)")
     parser.add_argument("--dir", type=Path, default=Path("logs/sweeps"),
                         help="where the study folder goes (default logs/sweeps)")
-    parser.add_argument("--storage", help="Optuna storage URL shared by several machines "
-                                          "(postgresql://...); default: a journal file in the "
-                                          "study folder")
+    parser.add_argument("--storage", help="Optuna storage shared by several machines: a "
+                                          "database URL (postgresql://...) or journal:PATH; "
+                                          "default: journal:<study folder>/study.journal")
     parser.add_argument("--pruner", choices=("median", "none"), default="median",
                         help="stop trials whose metric is worse than the median at that epoch")
     parser.add_argument("--startup_trials", type=int, default=5,
@@ -56,6 +56,9 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--warmup_epochs", type=int, default=1,
                         help="epochs of each trial never pruned (default 1); with --folds, "
                              "trials are pruned in their first fold only")
+    parser.add_argument("--retry_failed", action="store_true",
+                        help="run the study's failed trials again, with their values (the same "
+                             "command without it leaves them failed)")
     parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     parser.add_argument("--sampler_seed", type=int, default=None,
                         help="seeds the process that creates the study (others draw their own)")
@@ -78,7 +81,7 @@ def parse_options(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if options.name is None:
         options.name = options.search.stem if options.search else f"cv{options.folds}"
     options.folder = (options.dir / options.name).resolve()
-    options.storage_spec = options.storage or str(options.folder / "study.journal")
+    options.storage_spec = options.storage or f"journal:{options.folder / 'study.journal'}"
     return options, train_args
 
 
@@ -95,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write('sweep.py: error: sweeps need Optuna: pip install -e ".[sweep]"\n')
         return 2
     from sweeps.report import report
-    from sweeps.runner import Sweep
+    from sweeps.runner import GIVE_UP_AFTER, Sweep
     from sweeps.search_space import SearchSpaceError, load_search_space
-    from sweeps.study import masked, open_storage, open_study
+    from sweeps.study import masked, open_storage, open_study, retry_failed_trials
     from sweeps.train_config import check_options, fold_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -129,7 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Study {options.name!r} in {masked(options.storage_spec)}: "
           f"{study.user_attrs['planned']} trials planned, {options.jobs} at a time here; runs "
           f"in {options.folder}", flush=True)
+    if options.retry_failed:
+        print(f"--retry_failed: {retry_failed_trials(study)} failed trials queued again",
+              flush=True)
     sweep.run()
+    if sweep.gave_up is not None:
+        print(f"sweep.py: error: the first {GIVE_UP_AFTER} trials failed the same way, so the "
+              f"sweep stopped: {sweep.gave_up}. Fix it, then run the same command with "
+              "--retry_failed", file=sys.stderr)
+        return 1
     if sweep.stopped_by is not None:
         print("sweep.py: stopped; the same command continues the study", file=sys.stderr)
         return 128 + sweep.stopped_by

@@ -16,9 +16,9 @@ does. The default config chain, before any ``--config``: ``configs/default.yaml`
 
 from __future__ import annotations
 
+import errno
 import inspect
 import sys
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch
@@ -27,7 +27,7 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import configs
@@ -35,8 +35,15 @@ import workarounds
 from callbacks.checkpoint import Checkpoint, class_names_in, resolve_last_checkpoint
 from configs.task_defaults import NoDefaultModel, with_default_model
 from errors import DataError, NonFiniteLossError, data_error_in
+from models.checkpoints import (
+    package_of,
+    read_checkpoint,
+    refuse_resuming_another_run,
+    refuse_untrusted,
+)
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
 # What the model's __init__ gets from the datamodule (data attribute, model argument), where
 # the model takes that argument: the task, the outputs and the input size the data knows.
@@ -52,7 +59,7 @@ class TemplateCLI(LightningCLI):
     know about the data handed to it, and ``--ckpt_path last``."""
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        # LightningCLI's own, with errors in one line (its parser_class argument: Lightning 2.6+).
+        # LightningCLI's own, with errors in one line (LightningCLI's parser_class argument).
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
         parser = configs.OneLineErrorParser(**kwargs)
         parser.add_argument("-c", "--config", action=ActionConfigFile,
@@ -73,15 +80,22 @@ class TemplateCLI(LightningCLI):
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        resolve_last_checkpoint(config)
-        # LightningCLI replaces the model's class and arguments by the checkpoint's next.
+        resolve_last_checkpoint(config, subcommand or "fit")
+        # LightningCLI replaces the model's class and arguments by the checkpoint's next: what
+        # the file names is checked first, and nothing it names is imported before that.
         self.configured_model = (config.get("model") or {}).get("class_path")
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            checkpoint = read_checkpoint(ckpt_path)
+            data = (config.get("data") or {}).get("class_path")
+            refuse_untrusted(checkpoint, ckpt_path,
+                             trusted=[*package_of(self.configured_model), *package_of(data)])
+            if (subcommand or "fit") == "fit":
+                refuse_resuming_another_run(checkpoint, ckpt_path, config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).is_file():
-            raise DataError(f"checkpoint not found: {ckpt_path}")
         used = (config.get("model") or {}).get("class_path")
         if self.configured_model and used and used != self.configured_model:
             rank_zero_info(f"{self.subcommand}: the checkpoint holds a {used}; it is used "
@@ -114,23 +128,39 @@ class TemplateCLI(LightningCLI):
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
-def main(args: list[str] | None = None) -> TemplateCLI:
-    workarounds.apply()
-    argv = list(sys.argv[1:] if args is None else args)
-    # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
-    # with the same argv, so every rank takes the same decision.
-    fit_then_test = not argv or argv[0] not in SUBCOMMANDS
-    if fit_then_test:
-        argv.insert(0, "fit")
-    stage, argv = argv[0], configs.expand_aliases(argv)
+def prepared(argv: list[str], stage: str) -> tuple[list[str], dict[str, Any]]:
+    """``argv`` with its aliases expanded (and the default model for data that names a task),
+    and the parser's defaults: the config chain for ``stage``. Exits with one line for a
+    config file that is not valid YAML."""
+    argv = configs.expand_aliases(argv)
+    bad_yaml = configs.yaml_syntax_error(argv)
+    if bad_yaml:
+        sys.stderr.write(f"train.py: error: {bad_yaml}\n")
+        sys.exit(2)
     if configs.chooses_data(argv):  # no digits.yaml: the model follows the data's task
         try:
             argv = with_default_model(argv)
         except NoDefaultModel as error:
             sys.stderr.write(f"train.py: error: {error}\n")
             sys.exit(2)
-    defaults = {"default_config_files": configs.default_config_files(argv, stage),
-                "epilog": configs.ALIAS_HELP}
+    return argv, {"default_config_files": configs.default_config_files(argv, stage),
+                  "epilog": configs.ALIAS_HELP}
+
+
+def main(args: list[str] | None = None) -> TemplateCLI:
+    workarounds.apply()
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "check":  # the contract checks of check.py, an option
+        from check import main as check_main
+
+        sys.exit(check_main(argv[1:]))
+    # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
+    # with the same argv, so every rank takes the same decision.
+    fit_then_test = not argv or argv[0] not in SUBCOMMANDS
+    if fit_then_test:
+        argv.insert(0, "fit")
+    stage = argv[0]
+    argv, defaults = prepared(argv, stage)
     try:
         cli = TemplateCLI(
             args=argv,
@@ -163,6 +193,18 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         if line is None:
             raise
         sys.stderr.write(f"train.py: error: {line}\n")
+        sys.exit(1)
+    except MisconfigurationException as error:
+        # Lightning refusing an option's value (--max_epochs -5, --devices 0): the user's to fix.
+        sys.stderr.write(f"train.py: error: {error}\n")
+        sys.exit(2)
+    except OSError as error:
+        # The machine refusing a write (disk full, read-only or unwritable folder): one line
+        # naming the file; any other OSError is a bug and keeps its traceback.
+        if error.errno not in WRITE_REFUSED:
+            raise
+        sys.stderr.write(f"train.py: error: cannot write {error.filename or 'a file'}: "
+                         f"{error.strerror}\n")
         sys.exit(1)
     except NonFiniteLossError as error:
         # The weights never saw the bad step and no checkpoint was written for it.

@@ -49,8 +49,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())  # the bytes are on disk before the name points at them
             os.replace(temporary, target)
-        except BaseException:
+        except BaseException as error:
             temporary.unlink(missing_ok=True)
+            cause = error.__context__
+            if isinstance(error, RuntimeError) and isinstance(cause, OSError):
+                # torch.save reports a failed write (a full disk, a quota) as its zip writer's
+                # RuntimeError ("unexpected pos"); the OSError behind it says why.
+                raise OSError(cause.errno, cause.strerror, str(target)) from error
             raise
         sync_folder(target.parent)
         return None

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.finite_loss import all_finite
-from errors import NonFiniteLossError
+from errors import DataError, NonFiniteLossError
 
 # {name} or {name:format} in a checkpoint file name
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
@@ -95,7 +95,10 @@ class Checkpoint(ModelCheckpoint):
         self._last_write_time = time.monotonic()
         self._write_after_validation = False
         self._checked = False
-        self._training = False  # an exception before training started has nothing to save
+        # True once this process finished a training batch: an exception before that (a schedule
+        # or data refused at the start, a first step that crashes) has nothing new to save, and
+        # a last.ckpt then would invite a resume into the same failure.
+        self._trained_a_batch = False
         self._last_written_step: int | None = None
         # The key the callback's state is saved under repeats the settings it was built with,
         # so that it stays the same when an unlogged monitor is turned off during the run.
@@ -147,12 +150,12 @@ class Checkpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._training = True
         self._last_write_time = time.monotonic()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._trained_a_batch = True
         if not self.step_write_due(trainer):
             return
         if validation_follows(trainer):
@@ -203,7 +206,7 @@ class Checkpoint(ModelCheckpoint):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        if not self.write_on_exception or not self._training or trainer.sanity_checking:
+        if not self.write_on_exception or not self._trained_a_batch or trainer.sanity_checking:
             return
         if trainer.validating:
             # A half-run validation would be resumed as a finished one (its metrics, the best
@@ -253,10 +256,12 @@ def validation_follows(trainer: Trainer) -> bool:
     return (batches + 1) % interval == 0
 
 
-def resolve_last_checkpoint(config: Any) -> None:
+def resolve_last_checkpoint(config: Any, stage: str = "fit") -> None:
     """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
     logger write into that run's version folder, so a resumed run continues the same logs and
-    checkpoints instead of starting a new version that has no ``last.ckpt``."""
+    checkpoints instead of starting a new version that has no ``last.ckpt``. With no such file,
+    ``fit`` starts from scratch (said in one line); the other stages are refused: they would
+    evaluate an untrained model."""
     logger = config.get("trainer.logger")
     init_args = getattr(logger, "init_args", None)
     if init_args is None or "save_dir" not in init_args:
@@ -265,6 +270,9 @@ def resolve_last_checkpoint(config: Any) -> None:
     ckpt_path = config.get("ckpt_path")
     if ckpt_path == "last":
         candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates and stage != "fit":
+            raise DataError(f"--ckpt_path last: no last.ckpt under {runs}: nothing to {stage}; "
+                            "train first or give the checkpoint's path")
         if not candidates:
             rank_zero_warn(f"--ckpt_path last: no last.ckpt under {runs}; starting from scratch.")
             config["ckpt_path"] = None

@@ -1,4 +1,4 @@
-"""Lightning's EMAWeightAveraging (Lightning 2.6+), fixed for the fit-then-test flow of
+"""Lightning's EMAWeightAveraging, fixed for the fit-then-test flow of
 train.py."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sweeps.study import open_storage
 
 class OptunaPruning(Callback):
     """Args:
-        storage: the study's storage: a database URL or a journal file
+        storage: the study's storage: a database URL or journal:PATH (a journal file)
             (:func:`sweeps.study.open_storage`).
         study_name / trial: the study and the number of the trial this run is.
         monitor: the validation metric reported (the trial's objective).
@@ -56,7 +56,9 @@ class OptunaPruning(Callback):
     def running_trial(self) -> optuna.Trial | None:
         """This run's trial if it is still running in its study, else None (said in a line)."""
         where = f"trial {self.trial_number} of study {self.study_name!r}"
-        if "://" not in self.storage and not Path(self.storage).is_file():
+        journal = self.storage.removeprefix("journal:") if self.storage.startswith(
+            "journal:") else None
+        if journal is not None and not Path(journal).is_file():
             rank_zero_info(f"{where}: no study at {self.storage}; this run reports to no study.")
             return None
         storage = open_storage(self.storage)

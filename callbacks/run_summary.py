@@ -48,6 +48,7 @@ class RunSummary(Callback):
         self.best_epoch: int | None = None
         self.test_metrics: dict[str, float] = {}
         self.train_samples = 0
+        self.last_checkpoint: str | None = None  # as fit left it (see on_fit_end)
         self._started = 0.0
 
     def state_dict(self) -> dict[str, Any]:
@@ -86,6 +87,9 @@ class RunSummary(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._started
         self.fit_metrics = _scalars(trainer.callback_metrics, prefixes=_prefixes("val", "train"))
+        # Now: testing the best checkpoint next restores the checkpoint callback's state from
+        # that file, which predates last.ckpt when the best epoch is the first.
+        self.last_checkpoint = getattr(trainer.checkpoint_callback, "last_model_path", "") or None
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.test_metrics = _scalars(trainer.callback_metrics, prefixes=_prefixes("test"))
@@ -109,7 +113,8 @@ class RunSummary(Callback):
             "best_checkpoint": getattr(checkpoint, "best_model_path", "") or None,
             "best_score": float(score) if score is not None else None,
             "monitor": getattr(checkpoint, "monitor", None),
-            "last_checkpoint": getattr(checkpoint, "last_model_path", "") or None,
+            "last_checkpoint": self.last_checkpoint if self.fit_seconds else (
+                getattr(checkpoint, "last_model_path", "") or None),
             "log_dir": log_dir,
             "world_size": trainer.world_size,
             "strategy": type(trainer.strategy).__name__,

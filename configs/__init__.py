@@ -39,20 +39,43 @@ def chooses_data(argv: list[str]) -> bool:
     """True for ``--data CLASS`` (``--data=CLASS``, ``--data.class_path CLASS``) or a
     ``--config`` file whose ``data`` names a class or is null (``--data.init_args.x``, or a
     ``data:`` with only ``init_args``, changes the data already chosen)."""
+    if any(token.partition("=")[0] in ("--data", "--data.class_path") for token in argv):
+        return True
+    for path in config_files_in(argv):
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+            data = config.get("data", {})
+            if data is None or isinstance(data, str) or "class_path" in data:
+                return True
+        except (OSError, yaml.YAMLError, TypeError, AttributeError):
+            continue  # the parser reports a missing or broken file itself
+    return False
+
+
+def config_files_in(argv: list[str]) -> list[str]:
+    """The files ``--config`` / ``-c`` name in ``argv``."""
+    files = []
     for i, token in enumerate(argv):
         name, eq, value = token.partition("=")
-        following = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        if name in ("--data", "--data.class_path"):
-            return True
         if name in ("--config", "-c"):
-            try:
-                config = yaml.safe_load(Path(following).read_text()) or {}
-                data = config.get("data", {})
-                if data is None or isinstance(data, str) or "class_path" in data:
-                    return True
-            except (OSError, yaml.YAMLError, TypeError, AttributeError):
-                continue  # the parser reports a missing or broken file itself
-    return False
+            files.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
+    return files
+
+
+def yaml_syntax_error(argv: list[str]) -> str | None:
+    """One line naming the ``--config`` file, line and column of a YAML syntax error (the
+    parser would name ``<unicode string>``), or None."""
+    for path in config_files_in(argv):
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except OSError:
+            continue  # a missing file: the parser says so
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            return f"{path}: not valid YAML: {problem}{where}"
+    return None
 
 
 # Short options for what people change most, rewritten to the full key before parsing: true

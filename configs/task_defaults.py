@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from configs import config_files_in
+
 MODEL_FOR_TASK = {
     "multiclass": "models.classifier.ImageClassifier",
     "multilabel": "models.classifier.ImageClassifier",
@@ -28,14 +30,11 @@ def config_files(argv: list[str]) -> list[Any]:
     """The parsed YAML of each ``--config`` in ``argv`` (unreadable ones are left to the
     parser, which reports them)."""
     loaded = []
-    for i, token in enumerate(argv):
-        name, eq, value = token.partition("=")
-        if name in ("--config", "-c"):
-            path = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-            try:
-                loaded.append(yaml.safe_load(Path(path).read_text()) or {})
-            except (OSError, yaml.YAMLError):
-                continue
+    for path in config_files_in(argv):
+        try:
+            loaded.append(yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError):
+            continue
     return loaded
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import tv_tensors
@@ -309,6 +310,7 @@ class TableDataModule(LightningDataModule):
                     {name for row in self.row_labels(train) for name in row})
             if self.task in ("multiclass", "multilabel"):
                 self.check_labels_known(table, split_rows)
+            self.check_batches_stack(table, split_rows)
             self._table, self._split_rows = table, split_rows
         return self._table, self._split_rows
 
@@ -329,6 +331,11 @@ class TableDataModule(LightningDataModule):
         """What is wrong with individual rows (files, features); checked before splitting."""
         return []
 
+    def check_batches_stack(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]
+                            ) -> None:
+        """Refuse inputs that would not stack into a batch after the transforms; here, before
+        the trainer starts, so a failure leaves no run folder behind."""
+
     def fit_on_train(self, train: pd.DataFrame) -> None:
         """Learn what must come from the training split only (e.g. feature statistics)."""
 
@@ -345,6 +352,15 @@ class TableDataModule(LightningDataModule):
         raise DataError(f"{type(self).__name__} has no predict data")
 
     # -- the shared story ---------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Check the data before the trainer writes anything: Lightning creates the logger's
+        run folder between this hook and ``setup``, so bad data found here leaves none. Runs on
+        one process per node; the other ranks check in ``setup`` (the result is cached)."""
+        if self.trainer is not None and self.trainer.state.fn == "predict":
+            self.setup("predict")
+        else:
+            self.table_and_splits()
+
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             # Prediction needs neither the training table nor its splits: train.py passes the
@@ -402,11 +418,62 @@ class TableDataModule(LightningDataModule):
                              f"found {list(table.columns)}")
         table = table.reset_index(drop=True)
         problems = target_problems(table, self.task, self.label_columns, self.label_delimiter)
-        problems += self.row_problems(table)
+        problems += self.row_problems(table) + self.repeat_problems(table)
         table = self.drop_or_raise(table, sorted(problems, key=lambda p: p.row))
+        table = self.without_repeats(table)
         if self.task == "multiclass" and not self._names_given:
             check_looks_like_classes(self.source, table[self.label_column])
         return table
+
+    # -- the same input listed twice ------------------------------------------------------------
+    @property
+    def input_column(self) -> str | None:
+        """The column naming each row's input (an image path), where a repeat means the same
+        input twice; None where rows are the inputs themselves (a table's features)."""
+        return None
+
+    def repeats(self, table: pd.DataFrame) -> list[tuple[int, int]]:
+        """(row, the earlier row it repeats) for each row whose input an earlier row lists."""
+        if self.input_column is None:
+            return []
+        first: dict[str, int] = {}
+        pairs = []
+        for row, key in enumerate(table[self.input_column].astype(str)):
+            if key in first:
+                pairs.append((row, first[key]))
+            else:
+                first[key] = row
+        return pairs
+
+    def repeat_problems(self, table: pd.DataFrame) -> list[Problem]:
+        """A repeated input with another target, or in another split of ``split_column``: the
+        same image would be learned two ways, or tested on after training on it."""
+        targets = [c for c in (*self.label_columns, self.mask_column) if c]
+        problems = []
+        for row, earlier in self.repeats(table):
+            mine, theirs = table.iloc[row], table.iloc[earlier]
+            key = mine[self.input_column]
+            if [str(mine[c]) for c in targets] != [str(theirs[c]) for c in targets]:
+                # Both rows: which of the two targets is right is not ours to guess.
+                problems += [Problem(r, f"{key!r} is listed in rows {earlier} and {row} with "
+                                        "different targets") for r in (earlier, row)]
+            elif self.split_column and str(mine[self.split_column]) != str(
+                    theirs[self.split_column]):
+                problems.append(Problem(row, f"{key!r} is also row {earlier}, in split "
+                                             f"{theirs[self.split_column]!r}"))
+        return problems
+
+    def without_repeats(self, table: pd.DataFrame) -> pd.DataFrame:
+        """Rows repeating an earlier row's input and target: kept once, said in one line (a
+        random split could put the copies in train and test)."""
+        rows = [row for row, _ in self.repeats(table)]
+        if not rows:
+            return table
+        row, earlier = self.repeats(table)[0]
+        log.warning("%s: %d rows repeat an earlier row's %s and target (first: row %d repeats "
+                    "row %d, %r); each is kept once", self.source, len(rows), self.input_column,
+                    row, earlier, table.iloc[row][self.input_column])
+        return table.drop(index=rows).reset_index(drop=True)
 
     def drop_or_raise(self, table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
         if not problems:
@@ -511,7 +578,8 @@ class TableDataModule(LightningDataModule):
         the interrupted run would have trained on, also with loader workers."""
         sampler = self.train_sampler()
         sampler.set_epoch(self._resume_epoch)  # before the state: see EpochSeededSampler
-        loader = self._loader("train", sampler=sampler)
+        loader = self._loader("train", sampler=sampler,
+                              drop_last=self.last_batch_of_one_under_batchnorm(len(sampler)))
         if isinstance(loader, ResumableLoader):
             loader.accept_loaded_state = self._resume_inside
         if self._train_loader_state is not None and isinstance(loader, StatefulDataLoader):
@@ -559,13 +627,32 @@ class TableDataModule(LightningDataModule):
                                             **shard)
         raise ValueError(f"unknown sampler {self.sampler!r}")
 
+    def last_batch_of_one_under_batchnorm(self, samples: int) -> bool:
+        """True, said in one line, where this rank's last training batch would hold a single
+        sample and the model has BatchNorm1d: in training mode it cannot normalise one value
+        per channel and would stop the run at that batch, every epoch. That batch is dropped
+        (``drop_last``, only then)."""
+        model = self.trainer.lightning_module if self.trainer else None
+        if model is None or samples <= 1 or samples % self.batch_size != 1:
+            return False
+        # BatchNorm1d: on (N, C) features one sample is one value per channel. The 2d/3d
+        # norms see H x W values per sample and train on a batch of one.
+        if not any(isinstance(module, nn.BatchNorm1d) for module in model.modules()):
+            return False
+        rank_zero_info(f"{type(self).__name__}: the last training batch would hold 1 of "
+                       f"{samples} samples, which {type(model).__name__}'s BatchNorm cannot "
+                       "train on: it is left out each epoch (drop_last); a batch_size that "
+                       f"does not leave 1 over keeps it")
+        return True
+
     def loader_workers(self) -> int:
         """``num_workers``, or with ``None`` one per CPU shared by this node's ranks."""
         if self.num_workers is None:
             return default_num_workers(self.trainer.num_devices if self.trainer else 1)
         return self.num_workers
 
-    def _loader(self, split: str, sampler: EpochSeededSampler | None = None) -> DataLoader:
+    def _loader(self, split: str, sampler: EpochSeededSampler | None = None,
+                drop_last: bool = False) -> DataLoader:
         """The training loader is a ``ResumableLoader`` (it saves its position); the others
         are plain ``DataLoader``s, which evaluation restarts from the start anyway."""
         workers = self.loader_workers()
@@ -581,6 +668,7 @@ class TableDataModule(LightningDataModule):
             self.datasets[split],
             batch_size=self.batch_size,
             sampler=sampler,
+            drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,

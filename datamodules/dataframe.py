@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
@@ -21,11 +22,26 @@ from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DataValidationError,
+    Header,
     Problem,
     check_image_file,
+    check_samples_stack,
     non_finite_feature_problems,
 )
 from errors import DataError
+
+
+def mostly_numbers(cells: pd.Series) -> bool:
+    """A numeric column, or one pandas read as text although most of its filled cells are
+    numbers: one stray cell ('?', '1,5') makes the whole column text, and leaving it out
+    would drop a feature silently. Its bad cells are then reported per row."""
+    if pd.api.types.is_numeric_dtype(cells):
+        return True
+    filled = cells.dropna()
+    filled = filled[filled.astype(str).str.strip() != ""]
+    if not len(filled) or not all(isinstance(v, (str, int, float)) for v in filled):
+        return False
+    return bool(pd.to_numeric(filled, errors="coerce").notna().mean() > 0.5)
 
 
 class FeatureDataset(Dataset):
@@ -130,6 +146,7 @@ class DataFrameDataModule(TableDataModule):
         self.train_transforms = train_transforms or self.eval_transforms
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.mean: np.ndarray | None = None
+        self._headers: dict[Path, Header] = {}  # size and mode of each checked image file
         self.std: np.ndarray | None = None
         self.trained_features: list[str] | None = None  # from a checkpoint: predict uses them
         if self.task == "segmentation" and image_column is None:
@@ -167,19 +184,37 @@ class DataFrameDataModule(TableDataModule):
         if self.trained_features is not None:
             return list(self.trained_features)
         reserved = set(super().required_columns())
-        return [c for c in table.columns
-                if c not in reserved and pd.api.types.is_numeric_dtype(table[c])]
+        return [c for c in table.columns if c not in reserved and mostly_numbers(table[c])]
+
+    def feature_values(self, table: pd.DataFrame) -> np.ndarray:
+        """The feature columns as float64; a column read as text because of a stray cell
+        holds numbers once the rows with bad cells are refused or skipped."""
+        return table[self.features(table)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
+
+    def say_columns_left_out(self, table: pd.DataFrame) -> None:
+        """With ``feature_columns: null``, name the columns that are not features: a text
+        column a user meant as a feature would otherwise vanish without a word."""
+        if self.feature_columns or self.trained_features is not None:
+            return
+        reserved = set(super().required_columns())
+        features = set(self.features(table))
+        left_out = [c for c in table.columns if c not in reserved and c not in features]
+        if left_out:
+            rank_zero_info(f"{self.source}: feature_columns: null takes the {len(features)} "
+                           f"numeric columns; left out as not numeric: {left_out}")
 
     def row_problems(self, table: pd.DataFrame) -> list[Problem]:
         if self.image_column is None:
             if not self.features(table):
                 raise DataError(f"{self.source}: no numeric feature columns; set "
                                  "feature_columns or image_column")
+            self.say_columns_left_out(table)
             return non_finite_feature_problems(table, self.features(table))
         problems = []
         for row, cell in enumerate(table[self.image_column]):
             if isinstance(cell, (str, Path)):
-                message = check_image_file(self.image_root / cell, self.image_root, decode=True)
+                message = check_image_file(self.image_root / cell, self.image_root, decode=True,
+                                           headers=self._headers)
             else:
                 try:
                     cell_to_image(cell, ImageReadMode[self.read_mode])
@@ -190,9 +225,28 @@ class DataFrameDataModule(TableDataModule):
                 problems.append(Problem(row, message))
         return problems
 
+    def check_batches_stack(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]
+                            ) -> None:
+        """Image files of a split must stack into batches after its transforms (see
+        :func:`check_samples_stack`); encoded bytes and arrays in the column are not probed."""
+        if self.image_column is None or self.batch_size == 1 or not self._headers:
+            return
+        for split, rows in split_rows.items():
+            cells = table.iloc[rows][self.image_column].tolist()
+            if not all(isinstance(c, (str, Path)) for c in cells):
+                continue
+            paths = [self.image_root / c for c in cells]
+            transform = self.train_transforms if split == "train" else self.eval_transforms
+            masks = ([self.image_root / str(m) for m in table.iloc[rows][self.mask_column]]
+                     if self.mask_column else None)
+            check_samples_stack(ImageCSVDataset(paths, None, self.read_mode, transform,
+                                                masks=masks),
+                                paths, self._headers, self.source,
+                                "train_transforms" if split == "train" else "eval_transforms")
+
     def fit_on_train(self, train: pd.DataFrame) -> None:
         if self.image_column is None and self.standardize:
-            values = train[self.features(train)].to_numpy(dtype=np.float64)
+            values = self.feature_values(train)
             self.mean = values.mean(axis=0)
             # A constant feature would divide by zero: leave it centred but unscaled.
             self.std = np.where(values.std(axis=0) > 0, values.std(axis=0), 1.0)
@@ -201,7 +255,7 @@ class DataFrameDataModule(TableDataModule):
                       ) -> Dataset:
         transform = self.train_transforms if split == "train" else self.eval_transforms
         if self.image_column is None:
-            values = table[self.features(table)].to_numpy(dtype=np.float64)
+            values = self.feature_values(table)
             if self.mean is not None and self.std is not None:
                 values = (values - self.mean) / self.std
             return FeatureDataset(values, targets)

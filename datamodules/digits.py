@@ -81,6 +81,7 @@ class DigitsDataModule(ImageCSVDataModule):
         # Lightning calls this on one process per node (local rank 0) before any rank sets up.
         if not (self.root / "labels.csv").is_file():
             write_digits(self.root)
+        super().prepare_data()
 
 
 DIGIT_CLASSES = [str(digit) for digit in range(10)]

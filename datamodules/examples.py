@@ -90,6 +90,7 @@ class DigitTagsDataModule(ImageCSVDataModule):
     def prepare_data(self) -> None:
         if not (self.root / "strokes.csv").is_file():
             write_digit_tasks(self.root)
+        super().prepare_data()
 
 
 class DigitStrokesDataModule(ImageCSVDataModule):
@@ -108,3 +109,4 @@ class DigitStrokesDataModule(ImageCSVDataModule):
     def prepare_data(self) -> None:
         if not (self.root / "strokes.csv").is_file():
             write_digit_tasks(self.root)
+        super().prepare_data()

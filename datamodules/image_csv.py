@@ -29,9 +29,11 @@ from datamodules.batch_transforms import flatten_transforms
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
+    Header,
     Problem,
     check_image_files,
     check_masks,
+    check_samples_stack,
     first_problems,
     load_image,
     load_mask,
@@ -161,6 +163,7 @@ class ImageCSVDataModule(TableDataModule):
         self.cache_images = cache_images
         self.cache_max_gb = cache_max_gb
         self._cache: dict[Path, Tensor] = {}
+        self._headers: dict[Path, Header] = {}  # size and mode of each checked file
         self._preprocessing: dict[str, Any] | None = None
 
     @property
@@ -188,6 +191,10 @@ class ImageCSVDataModule(TableDataModule):
         parts.insert(1, self.path_column, self.table_and_splits()[0][self.path_column].to_numpy())
         return parts
 
+    @property
+    def input_column(self) -> str:
+        return self.path_column
+
     def image_paths(self, table: pd.DataFrame) -> list[Path]:
         return [self.image_root / str(p) for p in table[self.path_column]]
 
@@ -196,7 +203,8 @@ class ImageCSVDataModule(TableDataModule):
         if self.validate_images == "off":
             return []
         decode = self.validate_images == "full" and not self.cache_images  # the cache decodes
-        issues = check_image_files(paths, self.image_root, decode, self.max_pixels)
+        issues = check_image_files(paths, self.image_root, decode, self.max_pixels,
+                                   self._headers)
         problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
         masks = self.mask_paths(table)
         if masks is not None:
@@ -256,6 +264,22 @@ class ImageCSVDataModule(TableDataModule):
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache,
                                masks=self.mask_paths(table))
 
+    def check_batches_stack(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]
+                            ) -> None:
+        """Each split's images, through its transforms, must stack into batches: one sample
+        per distinct file size and mode (see :func:`check_samples_stack`)."""
+        if self.batch_size == 1 or not self._headers:  # validate_images: off reads no header
+            return
+        for split, rows in split_rows.items():
+            part = table.iloc[rows]
+            paths = self.image_paths(part)
+            cache = [self._cache[p] for p in paths] if self.cache_images else None
+            transform = self.train_transforms if split == "train" else self.eval_transforms
+            probe = ImageCSVDataset(paths, None, self.read_mode, transform, cache,
+                                    masks=self.mask_paths(part))
+            check_samples_stack(probe, paths, self._headers, self.source,
+                                "train_transforms" if split == "train" else "eval_transforms")
+
     def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:
         """A split's cached images as one ``N x C x H x W`` tensor when they share a size (a
         batch is then one gather), else a list. Each image is moved into the stack and the
@@ -298,7 +322,7 @@ class ImageCSVDataModule(TableDataModule):
         readable = files
         if self.validate_images != "off":
             decode = self.validate_images == "full"
-            issues = check_image_files(files, root, decode, self.max_pixels)
+            issues = check_image_files(files, root, decode, self.max_pixels, self._headers)
             self.predict_problems = [(p, msg) for p, msg in zip(files, issues, strict=True) if msg]
             readable = [p for p, msg in zip(files, issues, strict=True) if not msg]
         if self.predict_problems:
@@ -306,7 +330,11 @@ class ImageCSVDataModule(TableDataModule):
         if not readable:
             raise DataError(f"predict_path {self.predict_path}: none of the {len(files)} "
                             "image(s) can be read")
-        return ImageCSVDataset(readable, None, self.read_mode, self.eval_transforms)
+        dataset = ImageCSVDataset(readable, None, self.read_mode, self.eval_transforms)
+        if self.batch_size > 1:
+            check_samples_stack(dataset, readable, self._headers, str(self.predict_path),
+                                "eval_transforms")
+        return dataset
 
     def report_unreadable(self, total: int) -> None:
         """One summary line, then each skipped file with the reason (the first few; the

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,21 +80,32 @@ def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
     return image
 
 
+Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
+
+
 def check_image_file(
-    path: Path, root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path, root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
+    headers: dict[Path, Header] | None = None,
 ) -> str | None:
-    """What is wrong with one image file, or None. ``decode`` also catches truncated files."""
+    """What is wrong with one image file, or None. ``decode`` also catches truncated files.
+    ``headers`` collects each readable file's size and mode, for :func:`check_samples_stack`."""
     try:
         resolved = path.resolve()
     except OSError as error:
         return f"cannot resolve {path}: {error}"
     if not resolved.is_relative_to(root.resolve()):
-        return f"{path} is outside the image root {root}"
+        # A link inside the root (or a linked folder on the way) is reported as one, with
+        # where it points: the path itself looks fine.
+        link = next((p for p in (path, *path.parents) if p.is_symlink()), None)
+        via = f" (a symlink to {resolved})" if link is not None else ""
+        return f"{path}{via} is outside the image root {root}"
     if not resolved.is_file():
         return f"missing image file {path}"
     try:
         with Image.open(resolved) as image:  # reads the header only
             width, height = image.size
+            if headers is not None:
+                headers[path] = (width, height, image.mode)
     except Image.DecompressionBombError as error:
         return f"{path} is refused as a decompression bomb: {error}"
     except (UnidentifiedImageError, OSError):
@@ -109,12 +121,64 @@ def check_image_file(
 
 
 def check_image_files(
-    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
+    headers: dict[Path, Header] | None = None,
 ) -> list[str | None]:
     """:func:`check_image_file` for many files, on threads (decoding and file reads release the
     GIL); one result per path, in order."""
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: check_image_file(p, root, decode, max_pixels), paths))
+        return list(pool.map(lambda p: check_image_file(p, root, decode, max_pixels, headers),
+                             paths))
+
+
+MAX_STACK_PROBES = 16
+
+
+def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path, Header],
+                        source: str, transforms: str) -> None:
+    """Refuse, before step 1, images that would not stack into one batch after the
+    transforms: files of other sizes with no resize, or other channel counts under
+    ``read_mode: UNCHANGED``. The default collate would fail mid-epoch with a long traceback
+    that names no file; this is the gap it fills.
+
+    One sample goes through the transforms per distinct header (size and mode); with more than
+    MAX_STACK_PROBES distinct headers, those with the smallest and largest sides per mode."""
+    first: dict[Header, int] = {}
+    for index, path in enumerate(paths):
+        if path in headers:
+            first.setdefault(headers[path], index)
+    probes = list(first.items())
+    if len(probes) > MAX_STACK_PROBES:
+        extremes = set()
+        for mode in {h[2] for h, _ in probes}:
+            same = [p for p in probes if p[0][2] == mode]
+            for side in (0, 1):
+                extremes.add(min(same, key=lambda p: p[0][side]))
+                extremes.add(max(same, key=lambda p: p[0][side]))
+        probes = sorted(extremes, key=lambda p: p[1])
+    seen: dict[tuple, tuple[Header, int]] = {}
+    with torch.random.fork_rng(devices=[]):  # a probe must not move the seeded random state
+        for header, index in probes:
+            try:
+                item = dataset[index]
+            except (RuntimeError, ValueError, TypeError) as error:  # e.g. a crop larger than it
+                raise DataError(f"{source}: {paths[index]} ({header[0]}x{header[1]} {header[2]}) "
+                                f"fails in the {transforms}: {str(error).splitlines()[0]}"
+                                ) from error
+            shapes = tuple(tuple(t.shape) for t in (item if isinstance(item, tuple) else (item,))
+                           if isinstance(t, Tensor))
+            seen.setdefault(shapes, (header, index))
+    if len(seen) < 2:
+        return
+    (shape_a, (header_a, a)), (shape_b, (header_b, b)) = list(seen.items())[:2]
+    if shape_a[0][1:] == shape_b[0][1:]:
+        fix = "set read_mode: RGB or GRAY (UNCHANGED keeps each file's own channels)"
+    else:
+        fix = f"give {transforms} a v2.Resize((H, W)) or a crop so every image has one size"
+    raise DataError(
+        f"{source}: images would not stack into a batch: {paths[a]} ({header_a[0]}x"
+        f"{header_a[1]} {header_a[2]}) becomes {list(shape_a[0])} but {paths[b]} "
+        f"({header_b[0]}x{header_b[1]} {header_b[2]}) becomes {list(shape_b[0])}; {fix}")
 
 
 def load_mask(path: str | Path) -> Tensor:

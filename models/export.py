@@ -38,6 +38,8 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
+from errors import DataError
+from models.checkpoints import read_checkpoint, refuse_untrusted
 from models.classifier import ImageClassifier
 from models.regressor import Regressor
 from models.segmenter import Segmenter
@@ -53,10 +55,15 @@ class ExportError(RuntimeError):
     """The export cannot be made or does not match the PyTorch model."""
 
 
-def load_model(ckpt_path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(ckpt_path: Path, trust: Sequence[str] = ()) -> tuple[nn.Module, dict[str, Any]]:
     """The LightningModule in eval mode, built from the class the checkpoint records, and the
-    checkpoint's metadata for the JSON file."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint's metadata for the JSON file. A checkpoint naming classes outside the trusted
+    packages (and ``trust``) is refused before anything it names is imported."""
+    try:
+        checkpoint = read_checkpoint(ckpt_path)
+        refuse_untrusted(checkpoint, ckpt_path, trusted=trust)
+    except DataError as error:
+        raise ExportError(str(error)) from None
     hparams = checkpoint.get("hyper_parameters") or {}
     class_path = hparams.get("_class_path")
     if not class_path:
@@ -233,13 +240,13 @@ def export(
     input_shape: Sequence[int] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     opset: int | None = None,
+    trust: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Export, write the metadata and check parity; returns the model file and the metadata
-    (also written to ``<model file>.json``)."""
+    (also written to ``<model file>.json``). ``trust``: packages besides the template's and its
+    libraries whose classes the checkpoint may name (your own module's)."""
     ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise ExportError(f"checkpoint not found: {ckpt_path}")
-    model, meta = load_model(ckpt_path)
+    model, meta = load_model(ckpt_path, trust)
     shape = list(input_shape or meta.get("input_shape") or [])
     if not shape:
         raise ExportError(f"{ckpt_path} does not record the input shape (train.py runs on "
@@ -293,10 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="max |output difference| allowed between export and PyTorch")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's)")
+    parser.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
+                        help="a package whose classes the checkpoint may name besides torch, "
+                             "lightning, ... and the template's (your own module's; repeatable)")
     args = parser.parse_args(argv)
     try:
         output, meta = export(args.ckpt_path, args.format, args.output, args.input_shape,
-                      args.tolerance, args.opset)
+                              args.tolerance, args.opset, args.trust)
     except ExportError as error:
         sys.stderr.write(f"export: error: {error}\n")
         return 1

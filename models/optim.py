@@ -37,6 +37,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from errors import DataError
 from models.param_groups import param_groups_weight_decay
 
 # The length each schedule was built for in this process, by schedule object. Not an attribute
@@ -117,11 +118,11 @@ def check_resumed_schedule(module: LightningModule) -> None:
         expected = _EXPECTED_TOTAL.get(config.scheduler)
         loaded = getattr(config.scheduler, "total_steps", None)
         if expected is not None and loaded is not None and loaded != expected:
-            raise ValueError(
-                f"The checkpoint's {type(config.scheduler).__name__} spans {loaded} steps but "
+            raise DataError(
+                f"the checkpoint's {type(config.scheduler).__name__} spans {loaded} steps but "
                 f"this run has {expected} (max_epochs, max_steps, devices, batch size or "
-                "accumulation changed). Resume with the original settings, or start a new "
-                "run from the checkpoint's weights."
+                "accumulation changed): resume with the original settings, or start a new "
+                "run from its weights (callbacks.initial_weights.InitialWeights)"
             )
 
 

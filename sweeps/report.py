@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from sweeps.runner import Sweep, short, short_names
 from sweeps.search_space import command_line_value
+from sweeps.study import current_trials
 from sweeps.train_config import resolved_config
 
 
@@ -23,7 +24,7 @@ def report(sweep: Sweep) -> bool:
     from rich.console import Console
 
     study, folder, monitor = sweep.study, sweep.folder, sweep.monitor
-    trials = [t for t in study.get_trials(deepcopy=False) if "interrupted" not in t.user_attrs]
+    trials = current_trials(study)
     count = {state: sum(t.state == state for t in trials) for state in TrialState}
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     console = Console()
@@ -36,6 +37,10 @@ def report(sweep: Sweep) -> bool:
     frame = study.trials_dataframe()
     frame.to_csv(folder / "trials.csv", index=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if count[TrialState.FAIL]:
+        print(f"{count[TrialState.FAIL]} failed trials are not run again by the same command; "
+              "add --retry_failed to run them again (after fixing what the table says)",
+              flush=True)
     if not complete:
         print(f"No trial completed. Runs and their train.log: {folder}", flush=True)
         return False

@@ -29,6 +29,9 @@ from sweeps.study import next_trial, requeue, requeue_stale_trials, suggest, wor
 from sweeps.train_config import run_arguments
 
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
+# This many trials failing the same way before any completes stop the sweep: the cause is the
+# data or the config, and every other trial would fail the same way.
+GIVE_UP_AFTER = 3
 
 
 class Sweep:
@@ -46,6 +49,9 @@ class Sweep:
         self.children: set[subprocess.Popen] = set()
         self.lock = threading.RLock()  # a second Ctrl+C may come while stop() holds it
         self.stopped_by: int | None = None
+        self.completed = 0  # trials that completed in this process
+        self.failures: list[str] = []  # why each trial of this process failed
+        self.gave_up: str | None = None  # the failure that stopped the sweep
         self.gpus = gpu_slots(options.jobs)
         self.study_id = storage.get_study_id_from_name(study.study_name)
 
@@ -74,10 +80,11 @@ class Sweep:
                 with contextlib.suppress(Exception):  # unless the trial had already ended
                     self.fail(trial, f"sweep.py: {type(error).__name__}: {error}")
 
-    def stop(self, signum: int, frame: Any) -> None:
-        """Ctrl+C or SIGTERM: stop every running trial (train.py saves its last.ckpt); they are
-        queued again for the next run of the command."""
-        self.stopped_by = signum
+    def stop(self, signum: int | None, frame: Any) -> None:
+        """Ctrl+C or SIGTERM (or trials failing the same way): stop every running trial
+        (train.py saves its last.ckpt); they are queued again for the next run."""
+        if signum is not None:
+            self.stopped_by = signum
         self.stopping.set()
         with self.lock:
             for child in self.children:
@@ -128,6 +135,7 @@ class Sweep:
         if folds:
             trial.set_user_attr("fold_metrics", metrics)
         self.study.tell(trial, sum(scores) / len(scores))
+        self.completed += 1
         self.say(trial, "complete", started, params,
                  f"{self.monitor} {sum(scores) / len(scores):.4f}" + (
                      f" (mean of {folds} folds)" if folds else ""))
@@ -180,6 +188,13 @@ class Sweep:
         self.study.tell(trial, state=TrialState.FAIL)
         log = f" (see {self.folder / run / 'train.log'})" if run else ""
         self.say(trial, "failed", None, trial.params, why + log)
+        with self.lock:
+            self.failures.append(why)
+            same = self.failures[:GIVE_UP_AFTER]
+            if (not self.completed and self.gave_up is None and len(same) == GIVE_UP_AFTER
+                    and len(set(same)) == 1):
+                self.gave_up = why
+                self.stop(None, None)
 
     def say(self, trial: optuna.Trial, state: str, started: float | None,
             params: dict[str, Any], detail: str) -> None:

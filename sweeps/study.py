@@ -35,23 +35,28 @@ HOST = socket.gethostname()
 
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """A database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage; anything
-    else is the path of a journal file (Optuna's storage for several processes on one
-    machine, which it recommends over SQLite for that). A database that cannot be opened is a
-    SweepError naming it (password hidden)."""
-    if "://" in storage:
-        from sqlalchemy.exc import SQLAlchemyError
+    """``journal:PATH``: a journal file (Optuna's storage for several processes on one machine,
+    which it recommends over SQLite for that; sweep.py's default, in the study folder). A
+    database URL (``postgresql://...``, ``sqlite:///...``): Optuna's RDB storage. Anything else
+    is refused, so a mistyped URL never becomes a local file the user takes for a shared study.
+    A database that cannot be opened is a SweepError naming it (password hidden)."""
+    if storage.startswith("journal:"):
+        path = Path(storage.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    if "://" not in storage:
+        raise SweepError(f"--storage {masked(storage)} is not a storage: give a database URL "
+                         "(postgresql://user@host/db, sqlite:///study.db) or journal:PATH")
+    from sqlalchemy.exc import SQLAlchemyError
 
-        try:
-            return rdb_storage(storage)
-        except ImportError as error:
-            raise SweepError(f"--storage {masked(storage)}: {error} (for PostgreSQL: pip "
-                             'install -e ".[postgres]")') from None
-        except SQLAlchemyError as error:
-            first = str(error).strip().splitlines()[0]
-            raise SweepError(f"--storage {masked(storage)}: cannot open it: {first}") from None
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    try:
+        return rdb_storage(storage)
+    except ImportError as error:
+        raise SweepError(f"--storage {masked(storage)}: {error} (for PostgreSQL: pip "
+                         'install -e ".[postgres]")') from None
+    except SQLAlchemyError as error:
+        first = str(error).strip().splitlines()[0]
+        raise SweepError(f"--storage {masked(storage)}: cannot open it: {first}") from None
 
 
 def rdb_storage(url: str, attempts: int = 5) -> optuna.storages.BaseStorage:
@@ -190,6 +195,28 @@ def requeue(study: optuna.Study, storage: optuna.storages.BaseStorage, number: i
         return  # another process ended it first, and queued it again
     study.enqueue_trial(params, user_attrs={"retry_of": number})
     print(f"trial {number}: interrupted ({why}); queued again", flush=True)
+
+
+def retry_failed_trials(study: optuna.Study) -> int:
+    """Queue each failed trial again with its values, once (``sweep.py --retry_failed``, after
+    fixing what made them fail); returns how many. Interrupted trials are not among them: they
+    were queued again when they stopped. The failed trial stays in the study, superseded by
+    its retry (user attribute ``retry_of``), and tables leave it out."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    failed = [t for t in trials if t.state == TrialState.FAIL
+              and "interrupted" not in t.user_attrs and t.number not in retried]
+    for trial in failed:
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return len(failed)
+
+
+def current_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials less those queued again (interrupted, or failed and retried)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if "interrupted" not in t.user_attrs
+            and not (t.state == TrialState.FAIL and t.number in retried)]
 
 
 def requeue_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +26,6 @@ os.environ.setdefault("TESTS_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
-def lightning_older_than(version: str) -> bool:
-    """For the tests of behaviour a Lightning release added or changed."""
-    from lightning.pytorch import __version__
-    from packaging.version import Version
-
-    return Version(__version__) < Version(version)
-
-
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default data set written once per test session (PNG files + labels.csv)."""
@@ -39,6 +34,20 @@ def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data") / "digits"
     write_digits(root)
     return root
+
+
+@contextlib.contextmanager
+def log_lines(logger: str = "lightning.pytorch") -> Iterator[list[str]]:
+    """The messages ``logger`` (and its children) emit inside the block; Lightning's loggers do
+    not propagate to the root logger, so pytest's ``caplog`` does not see them."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 @pytest.fixture
@@ -256,3 +265,20 @@ def run_train_forked(
         stdout.unlink()
         stderr.unlink()
     return results
+
+
+def run_check(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    """``train.py check ARGS`` in this process: the exit status and, per check in the table,
+    (result, detail)."""
+    import check
+    import train
+
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["check", *args])
+    rows = {}
+    for line in capsys.readouterr().out.splitlines()[1:]:
+        name, _, rest = line.partition(" ")
+        if name in check.CHECKS:
+            status, _, detail = rest.strip().partition(" ")
+            rows[name] = (status, detail.strip().partition("s  ")[2])
+    return int(exit_info.value.code), rows

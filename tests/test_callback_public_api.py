@@ -9,7 +9,6 @@ reconstruction drifts from Lightning's own decision."""
 from __future__ import annotations
 
 import io
-import logging
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.grad_norm import GradNormLogger
+from tests.conftest import log_lines
 
 QUIET = {"enable_progress_bar": False, "enable_model_summary": False,
          "enable_checkpointing": False}
@@ -152,15 +152,6 @@ class UserNet(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-class CollectLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def fit_user_net(tmp_path: Path, model: UserNet) -> tuple[Any, list[str]]:
     """Two epochs with TensorBoardImages; the event file and the lines it printed."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -170,19 +161,14 @@ def fit_user_net(tmp_path: Path, model: UserNet) -> tuple[Any, list[str]]:
     torch.manual_seed(0)
     images, targets = torch.randn(48, 1, 8, 8), torch.arange(48) % 3
     data = DataLoader(TensorDataset(images, targets), batch_size=8)
-    lines = CollectLines()
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    rank_zero_log.addHandler(lines)
-    try:
+    with log_lines("lightning.pytorch.utilities.rank_zero") as lines:
         trainer = Trainer(default_root_dir=tmp_path, max_epochs=2, limit_train_batches=3,
                           limit_val_batches=3, logger=TensorBoardLogger(tmp_path, name="run"),
                           callbacks=[TensorBoardImages(worst_k=4)], **QUIET)
         trainer.fit(model, data, data)
-    finally:
-        rank_zero_log.removeHandler(lines)
     events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0})
     events.Reload()
-    return events, [line for line in lines.lines if line.startswith("TensorBoardImages")]
+    return events, [line for line in lines if line.startswith("TensorBoardImages")]
 
 
 @pytest.mark.parametrize("returns", ["logits", "logits_dict"])

@@ -21,7 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
 
 import train
-from tests.conftest import REPO, base_args, lightning_older_than, pythonpath_with, read_events
+from tests.conftest import REPO, base_args, pythonpath_with, read_events
 
 CONFIGS = REPO / "configs"
 TINY = ["--max_epochs=1", "--trainer.limit_train_batches=4", "--trainer.limit_val_batches=2",
@@ -231,7 +231,6 @@ class RecordWeights(Callback):
             self.validated = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
 
 
-@pytest.mark.skipif(lightning_older_than("2.6"), reason="EMAWeightAveraging is Lightning 2.6+")
 def test_ema_validation_and_best_checkpoint_use_the_running_average(
     run_dir: Path, digits_root: Path
 ) -> None:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from datamodules.dataframe import DataFrameDataModule
 from datamodules.validation import DataValidationError
+from tests.conftest import log_lines
 
 
 def frame_with_shifted_test_rows() -> pd.DataFrame:
@@ -67,6 +68,27 @@ def test_nan_inf_and_text_features_are_reported_with_row_and_column() -> None:
     assert "row 1: feature 'x' is nan" in message
     assert "row 3: feature 'x' is inf" in message
     assert "row 3: feature 'z' is 'a'" in message
+
+
+def test_a_numeric_column_with_a_stray_text_cell_is_refused_not_dropped(tmp_path: Path) -> None:
+    """One '?' makes pandas read the column as text; feature_columns: null must not quietly
+    train on one feature fewer. The bad cell is named; skip_invalid drops its row and keeps
+    the column; a real text column is named as left out."""
+    rows = 30
+    frame = pd.DataFrame({"x": np.arange(rows, dtype=float), "z": [str(i) for i in range(rows)],
+                          "note": ["ok", "bad"] * (rows // 2), "label": [0, 1] * (rows // 2)})
+    frame.loc[7, "z"] = "?"  # pandas reads 'n/a' as NaN, but not '?'
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataValidationError) as error:
+        DataFrameDataModule(str(tmp_path / "t.csv"), num_workers=0).setup("fit")
+    assert "row 7: feature 'z' is '?', not a finite number" in str(error.value)
+
+    data = DataFrameDataModule(str(tmp_path / "t.csv"), skip_invalid=True, num_workers=0)
+    with log_lines() as lines:
+        data.setup("fit")
+    assert data.num_features == 2
+    assert sum(len(d) for d in data.datasets.values()) == rows - 1
+    assert any("left out as not numeric: ['note']" in line for line in lines)
 
 
 def png_bytes(value: int) -> bytes:

@@ -11,10 +11,12 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.io import write_jpeg, write_png
+from torchvision.transforms import v2
 
 import datamodules.image_csv as image_csv
 from datamodules.image_csv import ImageCSVDataModule
 from datamodules.validation import DataValidationError
+from errors import DataError
 
 DIGITS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
@@ -72,7 +74,7 @@ def test_every_file_format_is_read_with_the_requested_channels_as_uint8(
 
 def test_unchanged_mode_keeps_the_alpha_channel(mixed_formats: Path) -> None:
     data = ImageCSVDataModule(mixed_formats, read_mode="UNCHANGED", split_column="split",
-                              train_transforms=torch.nn.Identity(), num_workers=0)
+                              train_transforms=torch.nn.Identity(), num_workers=0, batch_size=1)
     data.setup("fit")
     dataset = data.datasets["train"]
     rgba = next(dataset[i][0] for i in range(len(dataset)) if dataset.paths[i].name == "rgba.png")
@@ -111,7 +113,8 @@ def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
     if not same_size:  # a list cache, one tensor per image, read per sample
         write_png(torch.full((1, 6, 6), 7, dtype=torch.uint8), str(tmp_path / "img/0.png"))
         write_png(torch.full((1, 6, 9), 7, dtype=torch.uint8), str(tmp_path / "img/1.png"))
-    options = {"read_mode": "GRAY", "num_workers": 0, "batch_size": 8,
+    batch_size = 1 if not same_size else 8  # images of two sizes cannot share a batch
+    options = {"read_mode": "GRAY", "num_workers": 0, "batch_size": batch_size,
                "train_batch_transforms": torch.nn.Identity(), "sampler": "random",
                "val_fraction": 0.0, "test_fraction": 0.0,
                "split_column": None}
@@ -120,9 +123,6 @@ def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
     cached.setup("fit")
     uncached.setup("fit")
     assert isinstance(cached.datasets["train"].cache, torch.Tensor) == same_size
-    batch_size = 1 if not same_size else 8  # images of two sizes cannot share a batch
-    for data in (cached, uncached):
-        data.batch_size = batch_size
     for got, expected in zip(cached.train_dataloader(), uncached.train_dataloader(),
                              strict=True):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
@@ -252,6 +252,30 @@ def test_string_labels_round_trip_through_a_checkpoint(run_dir: Path) -> None:
     assert model(torch.zeros(2, 1, 6, 6)).shape == (2, 3)
 
 
+def test_images_that_would_not_stack_into_a_batch_are_refused_before_training(
+    tmp_path: Path, mixed_formats: Path
+) -> None:
+    """Mixed channels under UNCHANGED, or a 1x1 file among 6x6 ones with no resize, would
+    fail in the collate mid-epoch; refused at setup, naming both files and what to set."""
+    data = ImageCSVDataModule(mixed_formats, read_mode="UNCHANGED", split_column="split",
+                              train_transforms=torch.nn.Identity(), num_workers=0)
+    with pytest.raises(DataError, match=r"gray.png \(5x4 L\) becomes \[1, 4, 5\] but .*rgb.png "
+                                        r"\(5x4 RGB\) becomes \[3, 4, 5\]; set read_mode: RGB"):
+        data.setup("fit")
+
+    table = make_images(tmp_path / "sizes", 12, ["a", "b"])
+    write_png(torch.zeros((1, 1, 1), dtype=torch.uint8), str(tmp_path / "sizes/img/7.png"))
+    data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0)
+    with pytest.raises(DataError, match=r"img/7.png \(1x1 L\) becomes \[1, 1, 1\]; give "
+                                        "(train|eval)_transforms a v2.Resize"):
+        data.setup("fit")
+    resize = v2.Compose([v2.Resize((6, 6)), v2.ToDtype(torch.float32, scale=True)])
+    data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, train_transforms=resize,
+                              eval_transforms=resize)
+    data.setup("fit")
+    assert next(iter(data.train_dataloader()))[0].shape[1:] == (1, 6, 6)
+
+
 def test_bad_data_stops_train_py_before_training_with_no_run_folder(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -267,3 +291,61 @@ def test_bad_data_stops_train_py_before_training_with_no_run_folder(
     assert "row 3: missing image file" in err
     assert "Traceback" not in err
     assert not (run_dir / "logs").exists()  # nothing that looks like a run was started
+
+
+def repeated_table(tmp_path: Path, **changed: object) -> Path:
+    """30 images in 3 classes; row 20 lists row 3's image again, with ``changed`` columns."""
+    table = make_images(tmp_path, 30, ["a", "b", "c"])
+    rows = pd.read_csv(table)
+    rows["split"] = ["train"] * 20 + ["val"] * 5 + ["test"] * 5
+    rows.loc[20] = {**rows.loc[3].to_dict(), "split": rows.loc[20, "split"], **changed}
+    rows.to_csv(table, index=False)
+    return table
+
+
+def test_an_image_listed_twice_with_two_labels_is_refused_naming_both_rows(
+    tmp_path: Path
+) -> None:
+    data = ImageCSVDataModule(repeated_table(tmp_path, label="b"), image_root=tmp_path,
+                              read_mode="GRAY", num_workers=0)
+    with pytest.raises(DataValidationError, match=r"'img/3.png' is listed in rows 3 and 20 "
+                                                  "with different targets"):
+        data.setup("fit")
+    data = ImageCSVDataModule(repeated_table(tmp_path, label="b"), image_root=tmp_path,
+                              read_mode="GRAY", num_workers=0, skip_invalid=True)
+    data.setup("fit")  # both rows dropped: which label is right is not the template's guess
+    assert sum(len(d) for d in data.datasets.values()) == 28
+
+
+def test_an_image_in_two_splits_is_refused_and_a_plain_repeat_is_kept_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    crossing = repeated_table(tmp_path, label="a")  # row 3 (train) again in the test split
+    data = ImageCSVDataModule(crossing, image_root=tmp_path, read_mode="GRAY", num_workers=0,
+                              split_column="split")
+    with pytest.raises(DataValidationError, match=r"row 20: 'img/3.png' is also row 3, in split "
+                                                  "'train'"):
+        data.setup("fit")
+
+    # Without a split column the copies could land in train and test: kept once, said once.
+    data = ImageCSVDataModule(crossing, image_root=tmp_path, read_mode="GRAY", num_workers=0)
+    with caplog.at_level("WARNING"):
+        data.setup("fit")
+    paths = [p for split in ("train", "val", "test") for p in data.split_tables[split]["path"]]
+    assert len(paths) == 29 and paths.count("img/3.png") == 1
+    assert "1 rows repeat an earlier row's path and target (first: row 20 repeats row 3" in (
+        caplog.text)
+
+
+def test_a_symlink_out_of_the_image_root_is_named_as_a_symlink(tmp_path: Path) -> None:
+    table = make_images(tmp_path / "data", 12, ["a", "b"])
+    outside = tmp_path / "elsewhere.png"
+    write_png(torch.zeros((1, 6, 6), dtype=torch.uint8), str(outside))
+    link = tmp_path / "data" / "img" / "5.png"
+    link.unlink()
+    link.symlink_to(outside)
+    data = ImageCSVDataModule(table, image_root=tmp_path / "data", read_mode="GRAY",
+                              num_workers=0)
+    with pytest.raises(DataValidationError, match=rf"row 5: {link} \(a symlink to {outside}\) "
+                                                  "is outside the image root"):
+        data.setup("fit")

@@ -111,15 +111,25 @@ def test_the_modules_own_metric_names_the_best_checkpoint_which_predicts_and_exp
     truth = [labels[f"images/{Path(p).name}"] for p in table["path"]]
     assert (table["label"].to_numpy() == truth).mean() > 0.5  # it learned something
 
-    # export: the class comes from the checkpoint; where it cannot be imported, one line.
-    exported = run_module_subprocess("models.export", [f"--ckpt_path={best}", "--format=onnx"],
+    # export: the class comes from the checkpoint, once its package is trusted (--trust);
+    # untrusted, or where it cannot be imported, one line.
+    untrusted = run_module_subprocess("models.export", [f"--ckpt_path={best}"],
+                                      cwd=user_project, extra_path=user_project)
+    assert untrusted.returncode == 1
+    (line,) = untrusted.stderr.strip().splitlines()
+    assert line.startswith(f"export: error: {best}: refused, it names the class "
+                           "'my_pkg.MyModule'") and line.endswith("pass --trust my_pkg")
+    assert not list(user_project.glob("**/*.onnx"))
+    exported = run_module_subprocess("models.export", [f"--ckpt_path={best}", "--format=onnx",
+                                                       "--trust=my_pkg"],
                                      cwd=user_project, extra_path=user_project)
     assert exported.returncode == 0, exported.stderr[-3000:]
     meta = json.loads(best.with_suffix(".onnx.json").read_text())
     assert meta["model_class"] == "my_pkg.MyModule" and meta["input_shape"] == [1, 8, 8]
     elsewhere = user_project / "elsewhere"
     elsewhere.mkdir()
-    refused = run_module_subprocess("models.export", [f"--ckpt_path={best}"], cwd=elsewhere)
+    refused = run_module_subprocess("models.export", [f"--ckpt_path={best}", "--trust=my_pkg"],
+                                    cwd=elsewhere)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines() == [
         f"export: error: {best}: cannot import the model class my_pkg.MyModule (No module "

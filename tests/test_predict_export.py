@@ -201,6 +201,22 @@ def test_predict_without_a_checkpoint_is_refused(
     assert "predict needs --ckpt_path" in capsys.readouterr().err
 
 
+def test_a_failed_predict_leaves_the_training_run_folder_as_it_was(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_folder = trained.ckpt.parents[1]
+    before = sorted(p.relative_to(run_folder) for p in run_folder.rglob("*"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["predict", *trained.args(), f"--ckpt_path={trained.ckpt}",
+                    f"--data.init_args.predict_path={tmp_path / 'empty'}"])
+    assert exit_info.value.code == 2
+    assert f"predict_path {tmp_path / 'empty'}: no image files" in capsys.readouterr().err
+    assert sorted(p.relative_to(run_folder) for p in run_folder.rglob("*")) == before
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_predict_on_two_processes_writes_each_input_once(trained: Trained, tmp_path: Path) -> None:

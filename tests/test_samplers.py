@@ -34,7 +34,7 @@ def imbalanced_images(root: Path) -> Path:
     rows = []
     for label, count in TRAIN_COUNTS.items():
         for split, n in (("train", count), ("val", 2), ("test", 2)):
-            rows += [{"label": label, "split": split}] * n
+            rows += [{"label": label, "split": split} for _ in range(n)]
     (root / "img").mkdir()
     for i, row in enumerate(rows):
         row["path"] = f"img/{i}.png"

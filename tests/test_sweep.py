@@ -96,7 +96,7 @@ def test_a_queued_trial_is_taken_by_one_worker_only(tmp_path: Path) -> None:
     cannot be set running again (optuna/optuna#520)."""
     from sweeps.study import next_trial, open_storage
 
-    storage = open_storage(str(tmp_path / "study.journal"))
+    storage = open_storage(f"journal:{tmp_path / 'study.journal'}")
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({})
     first = next_trial(study, storage)
@@ -115,6 +115,7 @@ def test_a_queued_trial_is_taken_by_one_worker_only(tmp_path: Path) -> None:
     ("one fold", "--folds 1: cross-validation needs at least 2 folds"),
     ("trials without a search space", "--trials 4 without --search"),
     ("more folds than rows of a class", "--folds 200: "),
+    ("storage without a URL scheme", "--storage postgres:/oops@@host is not a storage"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str], case: str,
@@ -131,6 +132,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         args += ["--search", str(write(run_dir / "search.yaml", search[case]))]
     elif case == "trials without a search space":
         args += ["--folds", "3", "--trials", "4"]
+    elif case == "storage without a URL scheme":
+        args += ["--folds", "2", "--storage", "postgres:/oops@@host"]
     else:
         args += ["--folds", "1" if case == "one fold" else "200"]
     assert sweep.main(args) == 2
@@ -405,6 +408,45 @@ def test_a_failing_trial_is_recorded_and_a_cross_validated_sweep_goes_on(
     again = journal_study(folder).get_trials()
     assert [(t.state, t.value, t.intermediate_values) for t in again] == [
         (t.state, t.value, t.intermediate_values) for t in (failed, good)]
+
+
+@pytest.mark.slow
+def test_trials_failing_the_same_way_stop_the_sweep_and_retry_failed_runs_them_again(
+        run_dir: Path, digits_root: Path) -> None:
+    # One image of the data is broken: every trial fails the same way, before its first step.
+    root = run_dir / "digits"
+    shutil.copytree(digits_root, root)
+    broken = sorted((root / "images").iterdir())[0]
+    broken.write_text("not a PNG")
+    args = [*base_args(root, run_dir / "logs"), "--max_epochs=1",
+            "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--search", str(write(run_dir / "search.yaml", SEARCH)), "--trials=5",
+            "--dir", "sweeps"]
+    process = start_sweep(args, cwd=run_dir)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 1, output[-3000:]
+    assert output.count("failed:") == 3, output  # three trials, then it stops
+    (stopped,) = [line for line in output.splitlines() if line.startswith("sweep.py: error:")]
+    assert stopped.startswith("sweep.py: error: the first 3 trials failed the same way, so the "
+                              "sweep stopped: train.py: error: ")
+    assert str(broken) in stopped and stopped.endswith("run the same command with --retry_failed")
+    folder = run_dir / "sweeps" / "search"
+    states = [t.state for t in journal_study(folder).get_trials()]
+    assert states.count(TrialState.FAIL) == 3 and TrialState.COMPLETE not in states
+
+    # The same command after the fix leaves failed trials failed, and says how to rerun them.
+    shutil.copy(digits_root / "images" / broken.name, broken)
+    output = communicate(start_sweep(args, cwd=run_dir))
+    assert "add --retry_failed to run them again" in output
+    # --retry_failed queues each failed trial again with its values: all 5 complete.
+    output = communicate(start_sweep([*args, "--retry_failed"], cwd=run_dir))
+    assert "--retry_failed: 3 failed trials queued again" in output
+    assert "Study search: 5 complete, 0 pruned, 0 failed, 0 to go" in output, output
+    trials = journal_study(folder).get_trials()
+    retries = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    for number, retry in retries.items():
+        assert trials[number].state == TrialState.FAIL and retry.state == TrialState.COMPLETE
+        assert retry.params == trials[number].params
 
 
 # -- cross-validation ------------------------------------------------------------------------

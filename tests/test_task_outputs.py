@@ -5,7 +5,6 @@ no train.py)."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from callbacks.prediction_writer import PredictionCSVWriter
 from callbacks.tensorboard_images import TensorBoardImages
 from errors import DataError
 from models import export
-from tests.conftest import read_events
+from tests.conftest import log_lines, read_events
 
 QUIET = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
          "enable_model_summary": False, "enable_checkpointing": False}
@@ -216,15 +215,6 @@ def test_an_output_without_one_entry_per_input_stops_predict_in_one_line(
 
 
 # -- TensorBoard pictures ---------------------------------------------------------------------
-class CollectLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 class Task(LightningModule):
     """A tiny network for ``task``; validation_step returns what ``returns`` says."""
 
@@ -280,19 +270,14 @@ def fit(tmp_path: Path, module: LightningModule, targets: Tensor) -> tuple[Any, 
     torch.manual_seed(0)
     images = torch.randn(len(targets), 1, 8, 8)
     data = DataLoader(TensorDataset(images, targets), batch_size=8)
-    lines = CollectLines()
-    rank_zero_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    rank_zero_log.addHandler(lines)
-    try:
+    with log_lines("lightning.pytorch.utilities.rank_zero") as lines:
         trainer = Trainer(max_epochs=2, limit_train_batches=3, limit_val_batches=3,
                           logger=TensorBoardLogger(tmp_path, name="run"),
                           callbacks=[TensorBoardImages(worst_k=4)], **QUIET)
         trainer.fit(module, data, data)
-    finally:
-        rank_zero_log.removeHandler(lines)
     assert trainer.current_epoch == 2  # the run went on, whatever the pictures did
     return read_events(Path(trainer.logger.log_dir)), [
-        line for line in lines.lines if line.startswith("TensorBoardImages")]
+        line for line in lines if line.startswith("TensorBoardImages")]
 
 
 @pytest.mark.parametrize(("task", "outputs", "picture"), [
@@ -388,8 +373,9 @@ def test_export_of_a_table_regressor_says_regression_and_takes_a_1d_shape(
 ) -> None:
     ckpt = checkpoint_of(TableRegressor(target_names=["price"]), tmp_path / "reg.ckpt")
     model_file = tmp_path / "reg.pt"
-    assert export.main(["--ckpt_path", str(ckpt), "--format", "torchscript", "--output",
-                        str(model_file), "--input_shape", "30"]) == 0
+    # The module is the test's own (tests.test_task_outputs): trusted by saying so.
+    assert export.main(["--trust=tests", "--ckpt_path", str(ckpt), "--format", "torchscript",
+                        "--output", str(model_file), "--input_shape", "30"]) == 0
     out = capsys.readouterr().out
     assert "output N (task regression: price)" in out and "classes" not in out
     meta = json.loads((tmp_path / "reg.pt.json").read_text())
@@ -406,8 +392,9 @@ def test_export_of_an_autoencoder_claims_no_classes(
     ckpt = checkpoint_of(Autoencoder(), tmp_path / "ae.ckpt",
                          preprocessing={"input_shape": [1, 8, 8], "read_mode": "GRAY"})
     model_file = tmp_path / "ae.pt"
-    assert export.main(["--ckpt_path", str(ckpt), "--format", "torchscript", "--output",
-                        str(model_file)]) == 0
+    # The module is the test's own (tests.test_task_outputs): trusted by saying so.
+    assert export.main(["--trust=tests", "--ckpt_path", str(ckpt), "--format", "torchscript",
+                        "--output", str(model_file)]) == 0
     assert "output Nx1x8x8 (task unknown)" in capsys.readouterr().out
     meta = json.loads((tmp_path / "ae.pt.json").read_text())
     assert meta["task"] == "unknown" and meta["output_names"] is None
@@ -425,7 +412,8 @@ def test_export_does_not_call_an_autoencoder_a_classifier_whatever_its_data_said
                          datamodule_hyper_parameters={"_class_path": "x.Images",
                                                       "task": "multiclass"},
                          Images={"class_names": ["a", "b"]})
-    _, meta = export.export(ckpt, "torchscript", tmp_path / "ae.pt", input_shape=[1, 8, 8])
+    _, meta = export.export(ckpt, "torchscript", tmp_path / "ae.pt", input_shape=[1, 8, 8],
+                            trust=["tests"])
     assert meta["task"] == "multiclass" and "class_names" not in meta
     assert meta["output"].startswith("the model's forward output, shape (N, 1, 8, 8) (the "
                                      "checkpoint's task is multiclass, but this is not")

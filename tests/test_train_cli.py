@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import textwrap
 import typing
 import warnings
@@ -16,7 +15,7 @@ import torch
 import yaml
 
 import train
-from tests.conftest import REPO, base_args
+from tests.conftest import REPO, base_args, log_lines
 
 TINY = [
     "--max_epochs=1",
@@ -40,16 +39,9 @@ def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
 
     # As on a 16-CPU machine, where Lightning advises more loader workers (not on 2 CPUs).
     monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda devices: 15)
-    lightning_said: list[str] = []
-    handler = logging.Handler()
-    handler.emit = lambda record: lightning_said.append(record.getMessage())  # type: ignore
-    logging.getLogger("lightning.pytorch").addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as warned:
-            warnings.simplefilter("always")  # every warning, even ones shown earlier
-            cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY])
-    finally:
-        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    with log_lines() as lightning_said, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")  # every warning, even ones shown earlier
+        cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY])
     # No noise the user cannot act on: torch's LeafSpec deprecation (raised inside Lightning),
     # Lightning's cloud-logger advert; Lightning's other messages are kept.
     assert not [w for w in warned if "LeafSpec" in str(w.message)]
@@ -158,12 +150,22 @@ def test_resume_from_last_continues_the_same_run_and_global_step(
 
 
 def test_resume_with_a_longer_schedule_is_refused_with_advice(
-    run_dir: Path, digits_root: Path
+    run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     logs = run_dir / "logs"
     train.main([*base_args(digits_root, logs), *TINY])
-    with pytest.raises(ValueError, match="spans 3 steps but this run has 6"):
+    checkpoints = sorted((logs / "digits" / "version_0" / "checkpoints").iterdir())
+    written = {path: path.stat().st_mtime_ns for path in checkpoints}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         train.main([*base_args(digits_root, logs), *TINY, "--max_epochs=2", "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("train.py: error: the checkpoint's OneCycleLR spans 3 steps but this "
+                           "run has 6")
+    # No exception checkpoint claims a resumable state the same refusal would meet again.
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == written
+    assert sorted((logs / "digits" / "version_0" / "checkpoints").iterdir()) == checkpoints
 
 
 def test_lightning_module_from_outside_the_repo_trains_by_class_path(

@@ -20,10 +20,6 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.loggers import TensorBoardLogger
 
 import workarounds
-from tests.conftest import lightning_older_than
-
-# Behaviour of Lightning 2.6; 2.5 did not have it, so there the workaround is a no-op.
-NEW_IN_2_6 = pytest.mark.skipif(lightning_older_than("2.6"), reason="Lightning 2.6 behaviour")
 
 
 def test_jsonargparse_reads_1_as_a_fraction_for_a_float_first_union() -> None:
@@ -35,7 +31,6 @@ def test_jsonargparse_reads_1_as_a_fraction_for_a_float_first_union() -> None:
     assert type(parser.parse_args(["--limit=1"]).limit) is float
 
 
-@NEW_IN_2_6
 def test_lightning_leaves_last_ckpt_at_an_older_epoch_when_the_monitor_does_not_improve(
     tmp_path: Path,
 ) -> None:
@@ -66,7 +61,6 @@ class LinkingCLI(LightningCLI):
                               apply_on="instantiate")
 
 
-@NEW_IN_2_6
 def test_lightning_cli_records_a_link_the_model_does_not_take(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -81,7 +75,6 @@ def test_lightning_cli_records_a_link_the_model_does_not_take(
     assert "class_names" not in cli.model.hparams
 
 
-@NEW_IN_2_6
 def test_lightning_still_says_what_the_user_cannot_act_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,118 @@
+"""Reading a checkpoint that may come from elsewhere: one line for a file that is not a
+checkpoint, and a refusal, before anything is imported, of one that names code outside what the
+run trusts.
+
+Why: ``torch.load(weights_only=True)`` runs no code, but what the file *names* does. A
+checkpoint of LightningCLI stores the model's class (``_class_path``), the nested ``class_path``
+of its arguments (a backbone, an optimizer) and an ``_instantiator``; ``train.py --ckpt_path``
+(LightningCLI puts the checkpoint's class and arguments into the config) and
+``models.export`` import and build them. Lightning 2.6.6 checks ``_instantiator`` and
+``_class_path`` in ``load_from_checkpoint`` (CVE-2026-58659), not in LightningCLI's config
+step nor in nested class paths: this module covers both, for every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from errors import DataError
+
+# Packages a checkpoint may name classes from: the libraries the template builds on and its own
+# packages. A run also trusts the packages of the model and data its own config names.
+TRUSTED_PACKAGES = ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning",
+                    "timm", "models", "datamodules", "callbacks")
+# The one instantiator LightningCLI records (lightning.pytorch.cli, `_instantiator`).
+TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",
+                         "pytorch_lightning.cli.instantiate_module")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint as ``torch.load(weights_only=True)`` gives it; a missing, empty,
+    truncated or non-checkpoint file is a one-line :class:`DataError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # EOFError, RuntimeError, OSError, pickle errors, KeyError ...
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+        raise DataError(f"{path} is not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise DataError(f"{path} is not a Lightning checkpoint (no state_dict): give a .ckpt "
+                        "written by train.py or Trainer.save_checkpoint")
+    return checkpoint
+
+
+def refuse_untrusted(checkpoint: dict[str, Any], path: str | Path,
+                     trusted: Iterable[str] = ()) -> None:
+    """One line (a :class:`DataError`) when the checkpoint's hyperparameters name an
+    instantiator or a class outside :data:`TRUSTED_PACKAGES` and ``trusted`` (more package or
+    module names); nothing is imported."""
+    packages = (*TRUSTED_PACKAGES, *trusted)
+    # The model's hyperparameters are what LightningCLI and load_from_checkpoint build; the
+    # datamodule's are only read as data (export's metadata).
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        return
+    instantiator = hparams.get("_instantiator")
+    if instantiator is not None and instantiator not in TRUSTED_INSTANTIATORS:
+        raise DataError(f"{path}: refused, it asks to run {instantiator!r} to build the model "
+                        "(only LightningCLI's own instantiator is trusted)")
+    for class_path in class_paths_in(hparams):
+        if not is_trusted(class_path, packages):
+            raise DataError(
+                f"{path}: refused, it names the class {class_path!r}, outside the packages "
+                f"trusted ({', '.join(packages)}); if the checkpoint is yours, name its model "
+                "in the config (--model CLASS) or, for models.export, pass --trust "
+                f"{str(class_path).split('.')[0]}")
+
+
+def class_paths_in(value: Any) -> Iterator[Any]:
+    """Every ``_class_path`` and nested ``class_path`` value in a hyperparameter tree."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("_class_path", "class_path"):
+                yield item
+            else:
+                yield from class_paths_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from class_paths_in(item)
+
+
+def is_trusted(class_path: Any, packages: Iterable[str]) -> bool:
+    """Whether ``class_path`` (a dotted string) lies in one of ``packages`` (``a`` covers
+    ``a.b.C``; ``a.b`` covers ``a.b.C``)."""
+    if not isinstance(class_path, str):
+        return False
+    return any(class_path == p or class_path.startswith(p + ".") for p in packages)
+
+
+def package_of(class_path: str | None) -> list[str]:
+    """The top-level package of a class the run's own config names (its code is trusted)."""
+    return [class_path.split(".")[0]] if class_path and "." in class_path else []
+
+
+def refuse_resuming_another_run(checkpoint: dict[str, Any], path: str | Path,
+                                config: Any) -> None:
+    """``fit --ckpt_path`` resumes a run: the checkpoint must hold the model class, data class
+    and task this run configures. LightningCLI would otherwise take the model from the file and
+    carry on, on other data, as if nothing differed."""
+    hparams = checkpoint.get("hyper_parameters") or {}
+    data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
+    model, data = config.get("model") or {}, config.get("data") or {}
+    data_args = data.get("init_args") or {}
+    differences = [
+        f"{what} {saved} (this run: {configured})" for what, saved, configured in (
+            ("model", hparams.get("_class_path"), model.get("class_path")),
+            ("data", data_hparams.get("_class_path"), data.get("class_path")),
+            ("task", data_hparams.get("task", hparams.get("task")), data_args.get("task")))
+        if saved is not None and configured is not None and saved != configured]
+    if differences:
+        raise DataError(f"{path} is another run's checkpoint: {'; '.join(differences)}. "
+                        "Resuming needs the same model, data and task; to start a new run "
+                        "from its weights, see docs/logs_and_checkpoints.md")
