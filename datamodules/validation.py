@@ -6,6 +6,11 @@ message (the first few with file and row, and the total), not fix them one run a
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
@@ -122,13 +128,91 @@ def check_image_file(
 
 def check_image_files(
     paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
-    headers: dict[Path, Header] | None = None,
+    headers: dict[Path, Header] | None = None, remember: bool = False,
 ) -> list[str | None]:
-    """:func:`check_image_file` for many files, on threads (decoding and file reads release the
-    GIL); one result per path, in order."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda p: check_image_file(p, root, decode, max_pixels, headers),
-                             paths))
+    """:func:`check_image_file` for many files, on threads bounded by the CPUs (decoding and
+    file reads release the GIL); one result per path, in order. ``remember``: skip the files
+    a :class:`CheckedFiles` record says passed, unchanged, and record those that pass now.
+    Over PROGRESS_AFTER files, a line every PROGRESS_EVERY seconds says how far it got."""
+    record = CheckedFiles(root, max_pixels) if remember else None
+    headers = headers if headers is not None else {}
+
+    def check(path: Path) -> str | None:
+        stamp = record.stamp(path) if record is not None else None
+        known = record.passed(path, stamp, decode) if record is not None else None
+        if known is not None:
+            headers[path] = known
+            return None
+        problem = check_image_file(path, root, decode, max_pixels, headers)
+        if record is not None and problem is None and stamp is not None and path in headers:
+            record.add(path, stamp, headers[path], decode)
+        return problem
+
+    results: list[str | None] = []
+    start = last = time.monotonic()
+    workers = min(32, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(check, paths, chunksize=64):
+            results.append(result)
+            now = time.monotonic()
+            if len(paths) > PROGRESS_AFTER and now - last > PROGRESS_EVERY:
+                last, done = now, len(results)
+                rate = done / (now - start)
+                rank_zero_info(f"checked {done:,} of {len(paths):,} image files ({rate:,.0f}/s,"
+                               f" about {(len(paths) - done) / rate:.0f} s left)")
+    if record is not None:
+        record.save()
+    return results
+
+
+PROGRESS_AFTER = 20_000
+PROGRESS_EVERY = 10.0
+
+
+class CheckedFiles:
+    """Which image files passed the checks, by path, size, modification time and inode, so an
+    unchanged data set is not decoded again on the next run, on another rank or in the next
+    sweep trial; a file that changed, or was replaced, is checked again. No library keeps
+    this: it is the gap this fills. One JSON file per image root and ``max_pixels`` under the
+    user cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``)/lightning-template/; when it
+    cannot be written, the checks simply run every time."""
+
+    def __init__(self, root: Path, max_pixels: int) -> None:
+        key = hashlib.sha1(f"{root.resolve()}|{max_pixels}".encode()).hexdigest()[:16]
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = base / "lightning-template" / f"checked-{key}.json"
+        self.entries: dict[str, list[Any]] = {}
+        self.changed = False
+        with contextlib.suppress(OSError, ValueError):
+            self.entries = json.loads(self.path.read_text())
+
+    @staticmethod
+    def stamp(path: Path) -> list[int] | None:
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
+        return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+    def passed(self, path: Path, stamp: list[int] | None, decode: bool) -> Header | None:
+        """The header of a file that passed (decoded, if ``decode``) and has not changed."""
+        entry = self.entries.get(str(path))
+        if stamp is None or entry is None or entry[0] != stamp or (decode and not entry[2]):
+            return None
+        return tuple(entry[1])  # type: ignore[return-value]
+
+    def add(self, path: Path, stamp: list[int], header: Header, decoded: bool) -> None:
+        self.entries[str(path)] = [stamp, list(header), decoded]
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
+            partial.write_text(json.dumps(self.entries))
+            os.replace(partial, self.path)  # ranks writing at once: the last whole file wins
 
 
 MAX_STACK_PROBES = 16

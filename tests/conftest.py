@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 _UNSET = "<unset>"
 os.environ.setdefault("TESTS_CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES", _UNSET))
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# The record of checked image files (datamodules.validation.CheckedFiles) goes to a folder of
+# this session, for every process it starts, not to the user's ~/.cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="template-tests-cache-")
 
 
 @pytest.fixture(scope="session")

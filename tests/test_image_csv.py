@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import datamodules.image_csv as image_csv
 from datamodules.image_csv import ImageCSVDataModule
 from datamodules.validation import DataValidationError
 from errors import DataError
+from tests.conftest import log_lines
 
 DIGITS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 
@@ -88,7 +90,8 @@ def test_cached_images_are_decoded_once_before_training_and_never_read_again(
     table = make_images(tmp_path, 40, ["a", "b"])
     cached = ImageCSVDataModule(table, read_mode="GRAY", cache_images=True, num_workers=0,
                                 batch_size=8)
-    uncached = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, batch_size=8)
+    uncached = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, batch_size=8,
+                                  cache_images=False)
     cached.setup("fit")
     uncached.setup("fit")
 
@@ -105,6 +108,98 @@ def test_cached_images_are_decoded_once_before_training_and_never_read_again(
     assert len(opened) == len(uncached.datasets["train"])  # the control does read files
 
 
+def test_cache_images_auto_caches_what_fits_the_budget_and_says_so(tmp_path: Path) -> None:
+    # 40 6x6 gray images, cached as float32 after the default ToDtype: 40 * 36 * 4 bytes.
+    table = make_images(tmp_path, 40, ["a", "b"])
+    with log_lines() as lines:
+        small = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0)
+        small.setup("fit")
+    assert small.cache_images is True and small.datasets["train"].cache is not None
+    assert any("cache_images: auto: caching 40 images" in line for line in lines)
+
+    with log_lines() as lines:
+        over = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_max_gb=1e-6)
+        over.setup("fit")
+    assert over.cache_images is False and over.datasets["train"].cache is None
+    assert any("not caching 40 images (5.8 KB decoded, over the 1.0 KB budget); set "
+               "cache_images: true to force it" in line for line in lines)
+
+    forced = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=True,
+                                cache_max_gb=1e-6)
+    with pytest.raises(DataError, match="more than cache_max_gb=1e-06"):
+        forced.setup("fit")
+    never = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=False)
+    never.setup("fit")
+    assert never.datasets["train"].cache is None
+
+
+def test_an_unchanged_folder_is_not_checked_again_and_a_replaced_file_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamodules.validation as validation
+
+    table = make_images(tmp_path, 30, ["a", "b"])
+    decoded: list[str] = []
+    real_decode = validation.decode_image
+    def counting_decode(source: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(source, str):  # the check decodes a path; loading, a file's bytes
+            decoded.append(source)
+        return real_decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(validation, "decode_image", counting_decode)
+    options = {"read_mode": "GRAY", "num_workers": 0, "cache_images": False}
+    ImageCSVDataModule(table, **options).setup("fit")
+    assert len(decoded) == 30
+    ImageCSVDataModule(table, **options).setup("fit")  # the next run: nothing decoded
+    assert len(decoded) == 30
+
+    broken = tmp_path / "img" / "3.png"
+    replacement = tmp_path / "replacement.png"
+    replacement.write_bytes(broken.read_bytes()[:-20])  # truncated, as a bad copy would be
+    replacement.replace(broken)
+    with pytest.raises(DataValidationError) as error:
+        ImageCSVDataModule(table, **options).setup("fit")
+    assert len(decoded) == 31  # only the replaced file
+    assert str(error.value).count("\n") == 0 and "row 3: cannot decode" in str(error.value)
+
+
+class CountingNormalize(v2.Normalize):
+    calls = 0
+
+    def forward(self, *inputs: Any) -> Any:
+        CountingNormalize.calls += 1
+        return super().forward(*inputs)
+
+
+def test_deterministic_transforms_run_once_per_cached_image_not_every_epoch(
+    tmp_path: Path
+) -> None:
+    table = make_images(tmp_path, 40, ["a", "b"])
+    pipeline = v2.Compose([v2.ToDtype(torch.float32, scale=True), CountingNormalize([0.5], [0.2])])
+    data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, batch_size=8,
+                              train_transforms=pipeline, eval_transforms=pipeline)
+    CountingNormalize.calls = 0
+    data.setup("fit")
+    after_setup = CountingNormalize.calls
+    # One call per split on its stacked images, one probe per split (the stacking check).
+    assert after_setup == 3 + 3
+    for _ in range(3):
+        for _batch in data.train_dataloader():
+            pass
+    assert CountingNormalize.calls == after_setup  # three epochs, no further call
+    train = data.datasets["train"]
+    for i in (0, len(train) - 1):  # the values a per-image call gives
+        expected = pipeline(image_csv.load_image(train.paths[i], image_csv.ImageReadMode.GRAY))
+        assert torch.equal(train[i][0], expected)
+    assert not train.seeded and train.transform is None  # and no seed is drawn
+
+    random_crop = v2.Compose([v2.RandomCrop(4), v2.ToDtype(torch.float32, scale=True)])
+    data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, batch_size=8,
+                              train_transforms=random_crop)
+    data.setup("fit")
+    assert data.datasets["train"].seeded and data.datasets["train"].transform is random_crop
+
+
 @pytest.mark.parametrize("same_size", [True, False])
 def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
     tmp_path: Path, same_size: bool
@@ -119,7 +214,7 @@ def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
                "val_fraction": 0.0, "test_fraction": 0.0,
                "split_column": None}
     cached = ImageCSVDataModule(table, cache_images=True, **options)
-    uncached = ImageCSVDataModule(table, **options)
+    uncached = ImageCSVDataModule(table, cache_images=False, **options)
     cached.setup("fit")
     uncached.setup("fit")
     assert isinstance(cached.datasets["train"].cache, torch.Tensor) == same_size
@@ -212,12 +307,14 @@ def test_more_than_ten_problems_show_ten_and_the_total(tmp_path: Path) -> None:
         ("", "0 invalid row(s) (the table has no rows)"),
         ("path\nimg/0.png\n", "missing column(s) ['label']"),
         ("path,label\nimg/0.png,\n", "row 0: no label in column 'label'"),
+        ('path,label\nimg/0.png,a\nimg/1.png,"   "\n', "row 1: no label in column 'label'"),
         ("path,label,split\nimg/0.png,a,train\nimg/1.png,b,test\n",
          "test label 'b' is not a training class ['a']"),
         ("path,label,split\nimg/0.png,a,train\nimg/1.png,a,holdout\n",
          "column 'split' has values ['holdout']"),
     ],
-    ids=["empty", "no-label-column", "empty-label", "unknown-test-label", "bad-split-value"],
+    ids=["empty", "no-label-column", "empty-label", "spaces-label", "unknown-test-label",
+         "bad-split-value"],
 )
 def test_bad_tables_are_refused_with_a_message_naming_the_problem(
     tmp_path: Path, table: str, expected: str

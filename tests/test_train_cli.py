@@ -270,7 +270,7 @@ def test_choosing_your_own_data_inherits_none_of_the_digits_settings(
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     data = config["data"]["init_args"]
-    assert (data["batch_size"], data["cache_images"], data["read_mode"]) == (64, False, "RGB")
+    assert (data["batch_size"], data["cache_images"], data["read_mode"]) == (64, "auto", "RGB")
     assert data["train_batch_transforms"] is None and data["eval_batch_transforms"] is None
     assert config["trainer"]["logger"]["init_args"]["name"] != "digits"
 
