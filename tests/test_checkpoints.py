@@ -217,6 +217,32 @@ def test_resuming_with_another_runs_checkpoint_is_refused_naming_the_difference(
     assert not (run_dir / "logs").exists()
 
 
+OTHER_MODULE = """
+import torch
+from lightning.pytorch import LightningModule
+
+
+class Other(LightningModule):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.head = torch.nn.LazyLinear(num_classes)
+"""
+
+
+def test_testing_another_class_checkpoint_uses_it_and_says_so(
+    run_dir: Path, digits_root: Path, digits_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (run_dir / "other_module.py").write_text(OTHER_MODULE)
+    monkeypatch.syspath_prepend(str(run_dir))
+    with log_lines() as lines:
+        cli = train.main(["test", *base_args(digits_root, run_dir / "logs"),
+                          "--model=other_module.Other", f"--ckpt_path={digits_checkpoint}"])
+    assert ("test: the checkpoint holds a models.classifier.ImageClassifier; it is used instead "
+            "of the configured other_module.Other") in lines
+    assert type(cli.model).__name__ == "ImageClassifier"
+    assert "test/acc" in cli.trainer.callback_metrics
+
+
 class RecordStartWeights(Callback):
     """The model's tensors when training starts (after every on_fit_start)."""
 
