@@ -109,6 +109,7 @@ def test_confusion_matrix_picture_has_a_cell_per_class_pair() -> None:
 
 # -- last.ckpt --------------------------------------------------------------------------------
 @pytest.mark.parametrize("improves", [True, False])
+@pytest.mark.slow
 def test_last_checkpoint_is_the_latest_epoch_whether_or_not_the_monitor_improved(
     run_dir: Path, digits_root: Path, improves: bool
 ) -> None:
@@ -139,6 +140,7 @@ class RaiseMidEpoch(Callback):
             raise RuntimeError("simulated failure")
 
 
+@pytest.mark.slow
 def test_exception_mid_epoch_saves_last_checkpoint_and_resume_continues(
     run_dir: Path, digits_root: Path
 ) -> None:

@@ -148,6 +148,7 @@ def not_checkpoints(folder: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_it(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -164,6 +165,7 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_it(
 
 
 @pytest.mark.parametrize("stage", ["test", "validate", "predict"])
+@pytest.mark.slow
 def test_evaluating_last_with_no_run_is_refused_instead_of_a_random_model(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str], stage: str,
 ) -> None:
@@ -200,6 +202,7 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory, digits_root: Pat
     ],
     ids=["another model and task", "another data class", "another task"],
 )
+@pytest.mark.slow
 def test_resuming_with_another_runs_checkpoint_is_refused_naming_the_difference(
     run_dir: Path, digits_root: Path, digits_checkpoint: Path,
     capsys: pytest.CaptureFixture[str], options: list[str], difference: str,
@@ -229,6 +232,7 @@ class Other(LightningModule):
 """
 
 
+@pytest.mark.slow
 def test_testing_another_class_checkpoint_uses_it_and_says_so(
     run_dir: Path, digits_root: Path, digits_checkpoint: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -158,6 +158,7 @@ def test_weights_file_of_another_architecture_is_one_error_naming_the_file(
         TorchvisionBackbone(10, "resnet18", weights_path=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_does_not_fit_stops_train_py_before_any_run_folder(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -360,6 +361,7 @@ class RecordOutputDtype(Callback):
             lambda module, inputs, output: self.dtypes.add(output.dtype))
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(run_dir: Path, digits_root: Path) -> None:
     cli = train.main([*base_args(digits_root, run_dir / "logs"), *TINY,
                       "--precision=bf16-mixed", "--accelerator=cpu",
@@ -401,6 +403,7 @@ def test_compiled_backbone_keeps_outputs_and_checkpoint_keys() -> None:
         assert torch.allclose(compiled(batch), plain(batch), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_per_class_validation_accuracy_reaches_tensorboard_and_agrees_with_accuracy(
     run_dir: Path, digits_root: Path
 ) -> None:

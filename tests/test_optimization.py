@@ -107,6 +107,7 @@ def warmup_then(decay: str, peak: float, total: int, warmup: int) -> list[float]
     ],
     ids=["1-process", "accumulate-2", "max-steps"],
 )
+@pytest.mark.slow
 def test_default_one_cycle_follows_its_formula_and_ends_at_final_lr_on_the_last_step(
     run_dir: Path, digits_root: Path, args: list[str], total: int
 ) -> None:
@@ -166,6 +167,7 @@ SCHED = "--model.init_args.scheduler"
     ],
     ids=["warmup-cosine", "warmup-linear", "multistep-per-epoch"],
 )
+@pytest.mark.slow
 def test_schedule_gives_its_closed_form_lr_on_every_step(
     run_dir: Path, digits_root: Path, args: list[str], expected: list[float]
 ) -> None:
@@ -174,6 +176,7 @@ def test_schedule_gives_its_closed_form_lr_on_every_step(
     assert lrs_of(cli) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_warmup_reaches_the_peak_exactly_on_its_last_step(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -203,6 +206,7 @@ class ScriptedMetric(Callback):
             pl_module.log("signal", self.VALUES[trainer.current_epoch])
 
 
+@pytest.mark.slow
 def test_plateau_reduces_the_lr_only_after_patience_bad_epochs(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -217,6 +221,7 @@ def test_plateau_reduces_the_lr_only_after_patience_bad_epochs(
     assert per_epoch == pytest.approx({0: 3e-3, 1: 3e-3, 2: 3e-3, 3: 3e-3, 4: 3e-3, 5: 1.5e-3})
 
 
+@pytest.mark.slow
 def test_a_schedule_that_cannot_be_sized_fails_with_a_clear_message(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -262,6 +267,7 @@ class GroupsNet(nn.Module):
     ],
     ids=["sgd", "adam", "adamw", "radam", "rmsprop-decay-norm-and-bias"],
 )
+@pytest.mark.slow
 def test_optimizer_from_config_gets_no_decay_on_bias_and_norm_and_the_configured_on_weights(
     run_dir: Path, digits_root: Path, optimizer: str, init_args: list[str],
     check: dict[str, Any], decay_all: bool,
@@ -325,6 +331,7 @@ def _total_norm(grads: list[Tensor]) -> float:
     return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
 
 
+@pytest.mark.slow
 def test_clipping_by_norm_bounds_the_total_norm_and_the_logged_norm_is_the_pre_clip_one(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -352,6 +359,7 @@ def test_clipping_by_norm_bounds_the_total_norm_and_the_logged_norm_is_the_pre_c
     assert logged == pytest.approx([pre_norms[1], pre_norms[3]], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_clipping_by_value_bounds_every_gradient_entry(run_dir: Path, digits_root: Path) -> None:
     limit = 1e-3
     cli = fit(digits_root, run_dir, "--max_epochs=1", "--trainer.limit_train_batches=2",
@@ -369,6 +377,7 @@ def test_clipping_by_value_bounds_every_gradient_entry(run_dir: Path, digits_roo
 
 
 # -- L1 -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_l1_penalty_adds_its_gradient_to_conv_and_linear_weights_only(
     run_dir: Path, digits_root: Path
 ) -> None:

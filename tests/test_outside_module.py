@@ -348,6 +348,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_hints_that_ask_for_an_optimizer_object_are_one_line_naming_the_callables(
     refused_runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -359,6 +360,7 @@ def test_hints_that_ask_for_an_optimizer_object_are_one_line_naming_the_callable
     assert "self.optimizer = optimizer" in line and "docs/own_module.md" in line
 
 
+@pytest.mark.slow
 def test_a_hint_naming_the_lr_scheduler_module_is_refused_before_the_model_is_built(
     refused_runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -368,6 +370,7 @@ def test_a_hint_naming_the_lr_scheduler_module_is_refused_before_the_model_is_bu
     assert "OptimizerCallable" not in line  # that hint is right
 
 
+@pytest.mark.slow
 def test_an_error_deep_in_nested_class_paths_keeps_its_cause(
     refused_runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -376,6 +379,7 @@ def test_an_error_deep_in_nested_class_paths_keeps_its_cause(
     assert 'Parser key "lin1_size": Expected a <class \'int\'>. Got value: sixty-four' in line
 
 
+@pytest.mark.slow
 def test_a_long_cause_is_kept_whole(
     refused_runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -396,6 +400,7 @@ def test_condense_error_shortens_the_path_never_the_cause() -> None:
     assert configs.condense_error("unrecognized arguments: --x") == "unrecognized arguments: --x"
 
 
+@pytest.mark.slow
 def test_readme_debug_value_shows_the_full_report(tmp_path: Path) -> None:
     values = set(re.findall(r"JSONARGPARSE_DEBUG=(\w+)", (REPO / "README.md").read_text()))
     assert values == {"true"}, values
@@ -408,6 +413,7 @@ def test_readme_debug_value_shows_the_full_report(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr and "train.py: error:" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_debug_value_jsonargparse_refuses_is_one_line(tmp_path: Path) -> None:
     result = run_train_subprocess(["--bad_option"], cwd=tmp_path,
                                   env={**os.environ, "JSONARGPARSE_DEBUG": "1"})
@@ -427,6 +433,7 @@ class CallsHparams:
         return self.hparams.optimizer(params=[])
 
 
+@pytest.mark.slow
 def test_a_module_calling_hparams_optimizer_stops_with_one_line_naming_the_fix(
     refused_runs: dict[str, subprocess.CompletedProcess[str]],
 ) -> None:

@@ -117,6 +117,7 @@ def test_a_queued_trial_is_taken_by_one_worker_only(tmp_path: Path) -> None:
     ("more folds than rows of a class", "--folds 200: "),
     ("storage without a URL scheme", "--storage postgres:/oops@@host is not a storage"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
         run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str], case: str,
         named: str) -> None:

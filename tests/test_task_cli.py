@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
 from tests.conftest import run_train_forked
@@ -27,6 +28,7 @@ def config(folder: Path, text: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_data_without_a_model_gets_the_tasks_module_and_refusals_are_one_line(
         tmp_path: Path) -> None:
     cases = {}

@@ -65,6 +65,7 @@ def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
     assert "best checkpoint" in out
 
 
+@pytest.mark.slow
 def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) -> None:
     from lightning.pytorch.profilers import SimpleProfiler
 
@@ -77,6 +78,7 @@ def test_asking_for_a_profiler_still_profiles(run_dir: Path, digits_root: Path) 
     assert any(key.startswith("[Callback]Checkpoint") for key in recorded)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights_and_seed_is_saved_in_run_config(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -102,6 +104,7 @@ class CrashInSecondEpoch(__import__("lightning").pytorch.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_limit_batches_of_1_means_one_batch_even_where_typing_cached_a_float_first_union(
     run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +124,7 @@ def test_limit_batches_of_1_means_one_batch_even_where_typing_cached_a_float_fir
     assert cli.trainer.global_step == 1
 
 
+@pytest.mark.slow
 def test_resume_from_last_continues_the_same_run_and_global_step(
     run_dir: Path, digits_root: Path
 ) -> None:
@@ -149,6 +153,7 @@ def test_resume_from_last_continues_the_same_run_and_global_step(
         cli = train.main([*args, "--ckpt_path=last"])
 
 
+@pytest.mark.slow
 def test_resume_with_a_longer_schedule_is_refused_with_advice(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

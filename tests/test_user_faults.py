@@ -49,6 +49,7 @@ def test_a_yaml_syntax_error_names_the_config_file_line_and_column(
     [("--max_epochs=-5", "`max_epochs` must be a non-negative integer or -1. You passed in -5."),
      ("--devices=0", "`Trainer(devices='0')` value is not a valid input")],
 )
+@pytest.mark.slow
 def test_a_trainer_value_lightning_refuses_is_one_line(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str], option: str,
     named: str,
@@ -121,6 +122,7 @@ def test_a_last_training_batch_of_one_under_batchnorm_is_left_out_saying_so(
             "which ImageClassifier's BatchNorm cannot train on") in "\n".join(said)
 
 
+@pytest.mark.slow
 def test_an_image_of_another_size_stops_the_run_before_it_starts(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
