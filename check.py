@@ -172,15 +172,6 @@ def tensors(value: Any) -> list[Tensor]:
     return []
 
 
-def loss_of(output: Any) -> Tensor | None:
-    """What Lightning backpropagates from ``training_step``'s return value."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, dict) and isinstance(output.get("loss"), Tensor):
-        return output["loss"]
-    return None
-
-
 def ready(data: Any) -> Any:
     """The datamodule as Lightning hands it to fit: prepared (files written, data checked),
     then set up."""
@@ -382,6 +373,10 @@ class Kit:
             self.fixed_run = (record, cli, error)
         return self.fixed_run
 
+    def training_broken(self) -> bool:
+        """The fixed-batch run stopped with an error: the checks that train would repeat it."""
+        return self.fixed_run is not None and self.fixed_run[2] is not None
+
     def training_or_fail(self) -> tuple[RecordTraining, Any]:
         record, cli, error = self.fixed_training()
         if isinstance(error, CheckFailed):
@@ -468,7 +463,7 @@ class Kit:
         FIT_STEPS // 2 checkpoint and the final one; ``resumed`` starts from the former."""
         if name in self.fits:
             if isinstance(self.fits[name], BaseException):
-                if self.fixed_run is not None and self.fixed_run[2] is not None:
+                if self.training_broken():
                     raise CheckSkipped("training fails (see learns)")
                 raise CheckFailed(f"training fails: {one_line(self.fits[name])}")
             return self.fits[name]
@@ -492,7 +487,7 @@ class Kit:
             raise
         except Exception as error:
             self.fits[name] = error
-            if self.fixed_run is not None and self.fixed_run[2] is not None:
+            if self.training_broken():
                 raise CheckSkipped("training fails (see learns)") from error
             raise CheckFailed(f"training fails: {one_line(error)}") from error
         return cli
@@ -543,7 +538,7 @@ class Kit:
 
     # ddp -----------------------------------------------------------------------------------
     def ddp(self) -> str:
-        if self.fixed_run is not None and self.fixed_run[2] is not None:
+        if self.training_broken():
             raise CheckSkipped("training fails (see learns)")
         if not torch.distributed.is_available():
             raise CheckSkipped("this torch has no torch.distributed")
