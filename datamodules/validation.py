@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +140,20 @@ def check_image_files(
     resolving, header parsing and decoding hold the GIL, and 4 threads ran 2.6x slower than
     one here). Over PROGRESS_AFTER files, a line every PROGRESS_EVERY seconds says how far it
     got."""
-    record = CheckedFiles(root, max_pixels) if remember else None
+    if not remember:
+        return check_unrecorded(paths, root, decode, max_pixels, headers, None)
+    # The ranks of a node (torchrun starts them together) check one at a time: the first
+    # checks and records, the others wait and find the record, so the files are opened once
+    # per node, not once per rank.
+    with one_process_at_a_time(CheckedFiles.location(root, max_pixels)):
+        return check_unrecorded(paths, root, decode, max_pixels, headers,
+                                CheckedFiles(root, max_pixels))
+
+
+def check_unrecorded(paths: Sequence[Path], root: Path, decode: bool, max_pixels: int,
+                     headers: dict[Path, Header] | None, record: CheckedFiles | None
+                     ) -> list[str | None]:
+    """:func:`check_image_files` once the record (if any) is loaded."""
     headers = headers if headers is not None else {}
     results: list[str | None] = [None] * len(paths)
     todo: list[tuple[int, list[int] | None]] = []
@@ -215,13 +228,17 @@ class CheckedFiles:
     cannot be written, the checks simply run every time."""
 
     def __init__(self, root: Path, max_pixels: int) -> None:
-        key = hashlib.sha1(f"{root.resolve()}|{max_pixels}".encode()).hexdigest()[:16]
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        self.path = base / "lightning-template" / f"checked-{key}.json"
+        self.path = self.location(root, max_pixels)
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
         with contextlib.suppress(OSError, ValueError):
             self.entries = json.loads(self.path.read_text())
+
+    @staticmethod
+    def location(root: Path, max_pixels: int) -> Path:
+        key = hashlib.sha1(f"{root.resolve()}|{max_pixels}".encode()).hexdigest()[:16]
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "lightning-template" / f"checked-{key}.json"
 
     @staticmethod
     def stamp(path: Path) -> list[int] | None:
@@ -250,6 +267,21 @@ class CheckedFiles:
             partial = self.path.with_name(f"{self.path.name}.{os.getpid()}.partial")
             partial.write_text(json.dumps(self.entries))
             os.replace(partial, self.path)  # ranks writing at once: the last whole file wins
+
+
+@contextlib.contextmanager
+def one_process_at_a_time(record: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on a file beside ``record`` for the block, released when the
+    process ends however it ends. Where none can be taken (no ``fcntl``: Windows; a cache
+    folder that cannot be written) the block runs unlocked: each process then checks alone."""
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError, ImportError):
+            import fcntl
+
+            record.parent.mkdir(parents=True, exist_ok=True)
+            lock = stack.enter_context(open(record.with_suffix(".lock"), "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 MAX_STACK_PROBES = 16

@@ -95,3 +95,62 @@ def test_torchrun_on_a_fresh_machine_trains_together_and_ends_on_the_same_step(
     (run,) = (logs / "digits").glob("version_*")  # one run folder, written by global rank 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((data / "images").glob("*.png"))) == 1797
+
+
+
+# Counts, per process, the image files the pre-flight check opens (imported by every rank when
+# the parser resolves the callback's class path, before the data is read), and says which
+# classes each rank trained on.
+SPY = '''
+import os
+import time
+from lightning.pytorch import Callback
+from datamodules import validation
+
+checked = validation.check_chunk
+
+
+def counting_check_chunk(chunk, *args, **kwargs):
+    with open(os.path.join(os.environ["SPY_FOLDER"], f"{os.getpid()}.count"), "a") as out:
+        out.write(f"{len(chunk)}\\n")
+    time.sleep(2)  # a slow disk: ranks that checked at the same time would overlap here
+    return checked(chunk, *args, **kwargs)
+
+
+validation.check_chunk = counting_check_chunk
+
+
+class Spy(Callback):
+    def on_fit_end(self, trainer, pl_module):
+        print(f"rank {trainer.global_rank} step {trainer.global_step} classes "
+              f"{trainer.datamodule.class_names}", flush=True)
+'''
+
+
+def test_torchrun_ranks_of_a_node_check_a_user_folder_once_and_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_image_csv import make_images
+
+    table = make_images(tmp_path / "user", 48, ["cat", "dog", "bird"], size=8)
+    (tmp_path / "check_spy.py").write_text(SPY)
+    (tmp_path / "spy").mkdir()
+    monkeypatch.setenv("SPY_FOLDER", str(tmp_path / "spy"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no record yet
+    launch = launch_node(0, free_port(), [
+        "--data=datamodules.image_csv.ImageCSVDataModule", f"--data.annotations={table}",
+        "--data.read_mode=GRAY", "--data.num_workers=0", "--data.batch_size=4",
+        "--devices", "2", "--accelerator", "cpu", "--strategy", "ddp", "--max_epochs", "1",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+        "--trainer.enable_progress_bar=false", "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+        "--trainer.callbacks+=check_spy.Spy",
+    ], tmp_path, tmp_path, nnodes=1, nproc_per_node=2)
+    (output,) = wait_all([launch], timeout=240)
+
+    assert launch.returncode == 0, output[-4000:]
+    # Both ranks read the same table: the same classes, trained to the same step.
+    reports = sorted(re.findall(r"rank (\d) step (\d+) classes (.*)", output))
+    assert reports == [(r, "2", "['bird', 'cat', 'dog']") for r in "01"], output[-4000:]
+    opened = [sum(map(int, f.read_text().split())) for f in (tmp_path / "spy").glob("*.count")]
+    assert sum(opened) == 48, opened  # every file checked once on this node, not once per rank
