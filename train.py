@@ -185,11 +185,15 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         cause = data_error_in(error)
         if cause is None and "Problem with given class_path" not in str(error):
             raise
-        sys.stderr.write(f"train.py: error: {cause or configs.condense_error(str(error))}\n")
+        from configs.messages import condense_error
+
+        sys.stderr.write(f"train.py: error: {cause or condense_error(str(error))}\n")
         sys.exit(2)
     except TypeError as error:
         # A module that calls self.hparams.optimizer(...): under LightningCLI that is a dict.
-        line = configs.explain_hparams_call(error)
+        from configs.messages import explain_hparams_call
+
+        line = explain_hparams_call(error)
         if line is None:
             raise
         sys.stderr.write(f"train.py: error: {line}\n")

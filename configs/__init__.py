@@ -1,5 +1,5 @@
 """How train.py reads the command line: which of these YAML files load first, short options, and
-errors in one line.
+errors in one line (their messages: configs.messages, imported only on an error).
 
 ``default.yaml`` (what every run does) always loads first; ``digits.yaml`` (the default data,
 model and their settings) only when the command does not choose its own data, so switching
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import sys
-import traceback
 import types
 import typing
 from pathlib import Path
@@ -139,6 +137,8 @@ class OneLineErrorParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or debug_report_requested():
             super().error(message, ex)
+        from configs.messages import condense_error, instance_hints_in_error
+
         line = instance_hints_in_error(message)
         if line is None:
             line = f"{condense_error(message)} (python train.py --help lists the options)"
@@ -155,52 +155,14 @@ class OneLineErrorParser(LightningArgumentParser):
         hints = instance_hints(loaded_class(class_path)) if class_path else {}
         given = model.get("init_args") if hints else None
         if hints and any(given is not None and given.get(name) is not None for name in hints):
+            from configs.messages import instance_hints_message
+
             line = instance_hints_message(class_path, hints)
             if not self.exit_on_error or debug_report_requested():
                 super().error(line)
             sys.stderr.write(f"train.py: error: {line}\n")
             sys.exit(2)
         return cfg
-
-
-_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
-          "Expected a <class 'NoneType'>", "Expected a path but ")
-# "Given value: many" says what was wrong; a dump of the whole nested config does not.
-_VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
-_LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
-
-
-def condense_error(message: str, max_chars: int = 400) -> str:
-    """The lines of a jsonargparse error that say what is wrong, on one line: the keys and
-    class paths that lead to the problem (lines ending in ``:``), then the problem itself.
-
-    The problem is never cut. Where the whole line is longer than ``max_chars``, the value
-    dumps after ``Got value:`` are cut first, then the keys and class paths between the first
-    one and the one right above each problem are left out (``…``).
-    """
-    parts: list[str] = []
-    for line in message.splitlines():
-        line = line.strip().removeprefix("- ").strip()
-        if (line and not line.startswith(_NOISE) and not _VALUE_DUMP.match(line)
-                and line not in parts):
-            parts.append(line)
-    text = " ".join(parts)
-    if len(text) <= max_chars:
-        return text
-    parts = [part if part.endswith(":") else _LONG_VALUE.sub(r"\1\2…", part) for part in parts]
-    text = " ".join(parts)
-    if len(text) <= max_chars:
-        return text
-    # Keep the first context, every problem, and the context right above each problem.
-    kept: list[str] = []
-    for i, part in enumerate(parts):
-        context = part.endswith(":")
-        above_problem = context and i + 1 < len(parts) and not parts[i + 1].endswith(":")
-        if i == 0 or not context or above_problem:
-            kept.append(part)
-        elif kept[-1] != "…":
-            kept.append("…")
-    return " ".join(kept)
 
 
 def loaded_class(class_path: str) -> type | None:
@@ -264,49 +226,3 @@ def _public_name(hint: Any) -> str:
     return f"{hint.__module__}.{hint.__qualname__}"
 
 
-def instance_hints_message(class_path: str, hints: dict[str, tuple[str, str]]) -> str:
-    asked = " and ".join(f"{name}: {hint}" for name, (hint, _) in hints.items())
-    use = " and ".join(f"{name}: lightning.pytorch.cli.{suggestion}"
-                       for name, (_, suggestion) in hints.items())
-    first = next(iter(hints))
-    return (f"{class_path} asks for {asked}, which no config can give (an optimizer needs the "
-            f"model's parameters, a schedule its optimizer): annotate {use}, keep "
-            f"{(them := 'them' if len(hints) > 1 else 'it')} in __init__ (self.{first} = {first}) "
-            f"and call {them} in configure_optimizers; see docs/own_module.md")
-
-
-def instance_hints_in_error(message: str) -> str | None:
-    """The one line for a parser error about a parameter whose hint asks for an object (see
-    :func:`instance_hints`), for any class the error names; None for other errors."""
-    text = condense_error(message, max_chars=10_000)
-    for class_path in dict.fromkeys(re.findall(r"class_path '([\w.]+)'", message)):
-        if class_path.startswith(("torch.", "lightning.")):
-            continue  # a schedule's own __init__ does take an optimizer object
-        hints = instance_hints(loaded_class(class_path))
-        if any(re.search(rf"\b{re.escape(name)}\b", text) for name in hints):
-            return instance_hints_message(class_path, hints)
-    return None
-
-
-def explain_hparams_call(error: BaseException) -> str | None:
-    """One line for ``TypeError: 'dict' object is not callable`` raised where a module's
-    ``configure_optimizers`` calls ``self.hparams.<name>(...)``, else None.
-
-    Under LightningCLI, ``save_hyperparameters()`` records the config it was given (so that
-    checkpoints reload without pickled objects): ``self.hparams.optimizer`` is that config, a
-    dict, and the callable the module was built with is only the ``__init__`` argument.
-    """
-    if not isinstance(error, TypeError) or "object is not callable" not in str(error):
-        return None
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames or frames[-1].name != "configure_optimizers":
-        return None
-    called = re.search(r"self\.hparams\.(\w+)\s*\(|self\.hparams\[['\"](\w+)['\"]\]\s*\(",
-                       frames[-1].line or "")
-    if called is None:
-        return None
-    name = called.group(1) or called.group(2)
-    return (f"configure_optimizers ({frames[-1].filename}:{frames[-1].lineno}) calls "
-            f"self.hparams.{name}, which under LightningCLI is its config (a dict), not the "
-            f"callable: keep the argument in __init__ (self.{name} = {name}) and call "
-            f"self.{name}(...); see docs/own_module.md")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import configs
+from configs import messages
 from tests.conftest import REPO, pythonpath_with, run_train_forked, run_train_subprocess
 
 DOCS = REPO / "docs" / "own_module.md"
@@ -393,11 +393,11 @@ def test_condense_error_shortens_the_path_never_the_cause() -> None:
                 f"'{'a_long_package_name.' * 4}C{i}':" for i in range(4)]
     cause = "Option 'x' is not accepted. Got value: " + "Namespace(v=1) " * 30
     message = "\n".join([*contexts, cause, "  Given value: " + "y" * 500])
-    line = configs.condense_error(message)
+    line = messages.condense_error(message)
     assert line.startswith('Parser key "k0":') and "Option 'x' is not accepted" in line
     assert "C3':" in line and "…" in line and "Given value" not in line
     assert len(line) <= 400
-    assert configs.condense_error("unrecognized arguments: --x") == "unrecognized arguments: --x"
+    assert messages.condense_error("unrecognized arguments: --x") == "unrecognized arguments: --x"
 
 
 @pytest.mark.slow
@@ -449,10 +449,10 @@ def test_a_module_calling_hparams_optimizer_stops_with_one_line_naming_the_fix(
 def test_calling_hparams_optimizer_is_explained_in_one_line() -> None:
     with pytest.raises(TypeError) as raised:
         CallsHparams().configure_optimizers()
-    line = configs.explain_hparams_call(raised.value)
+    line = messages.explain_hparams_call(raised.value)
     assert line is not None and "\n" not in line
     assert "calls self.hparams.optimizer" in line and "self.optimizer = optimizer" in line
-    assert configs.explain_hparams_call(TypeError("'dict' object is not callable")) is None
+    assert messages.explain_hparams_call(TypeError("'dict' object is not callable")) is None
 
 
 @pytest.mark.slow
