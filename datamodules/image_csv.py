@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from datamodules.base import TableDataModule, read_table, targets_tensor
 from datamodules.batch_transforms import flatten_transforms
+from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
@@ -39,6 +40,7 @@ from datamodules.validation import (
     first_problems,
     load_image,
     load_mask,
+    one_process_at_a_time,
 )
 from errors import DataError
 
@@ -145,7 +147,10 @@ class ImageCSVDataModule(TableDataModule):
             checks nothing (broken files then fail inside a loader worker).
         max_pixels: images whose header claims more pixels are refused (decompression bombs).
         remember_checks: record which files passed (by size, modification time and inode, in
-            ``~/.cache/lightning-template/``) and check only new or changed ones next time.
+            ``~/.cache/lightning-template/``) and check only new or changed ones next time;
+            with ``cache_images``, also keep the decoded images there, so the next run and
+            the other ranks of a node load them instead of decoding (one copy per image root,
+            the size of the cache, replaced when the files change).
         cache_images: decode every image once, in the main process, and keep the tensors in
             memory: no file is opened while training, and deterministic per-image transforms
             run once, into the cache. ``auto`` caches when the decoded images fit the budget
@@ -309,7 +314,24 @@ class ImageCSVDataModule(TableDataModule):
         return cache
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
-        """Decode every image once, in this (main) process; workers share the tensors."""
+        """Decode every image once, in this (main) process; workers share the tensors. With
+        ``remember_checks``, the decoded images of unchanged files come from the copy kept by
+        an earlier run or another rank of this node (:mod:`datamodules.decoded_copy`); the
+        ranks take turns, so a node decodes once."""
+        copy = copy_path(self.image_root, self.read_mode, paths) if self.remember_checks else None
+        if copy is None:
+            return self.decode_into_cache(paths, rows)
+        with one_process_at_a_time(lock_of(copy)):
+            images = load_copy(copy, len(paths)) if copy.is_file() else None
+            if images is not None:
+                self._cache.update(zip(paths, images, strict=True))
+                return []
+            problems = self.decode_into_cache(paths, rows)
+            if not problems:
+                save_copy(copy, [self._cache[path] for path in paths])
+            return problems
+
+    def decode_into_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         problems = []
 
         def decode(path: Path) -> Tensor | str:

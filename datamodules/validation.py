@@ -219,6 +219,12 @@ def check_in_chunks(paths: list[Path], root: Path, decode: bool, max_pixels: int
     return results
 
 
+def cache_folder() -> Path:
+    """Where what the template remembers about image files goes: the user cache folder
+    (``$XDG_CACHE_HOME``, else ``~/.cache``)/lightning-template/."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-template"
+
+
 class CheckedFiles:
     """Which image files passed the checks, by path, size, modification time and inode, so an
     unchanged data set is not decoded again on the next run, on another rank or in the next
@@ -237,8 +243,7 @@ class CheckedFiles:
     @staticmethod
     def location(root: Path, max_pixels: int) -> Path:
         key = hashlib.sha1(f"{root.resolve()}|{max_pixels}".encode()).hexdigest()[:16]
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return base / "lightning-template" / f"checked-{key}.json"
+        return cache_folder() / f"checked-{key}.json"
 
     @staticmethod
     def stamp(path: Path) -> list[int] | None:

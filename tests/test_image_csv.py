@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
 from torchvision.io import write_jpeg, write_png
 from torchvision.transforms import v2
 
@@ -161,6 +162,45 @@ def test_an_unchanged_folder_is_not_checked_again_and_a_replaced_file_is(
         ImageCSVDataModule(table, **options).setup("fit")
     assert len(decoded) == 31  # only the replaced file
     assert str(error.value).count("\n") == 0 and "row 3: cannot decode" in str(error.value)
+
+
+@pytest.mark.parametrize("same_size", [True, False])
+def test_the_next_run_loads_the_decoded_images_instead_of_decoding_and_notices_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_size: bool
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    table = make_images(tmp_path, 30, ["a", "b"])
+    if not same_size:  # a list of images of their own sizes, not one stacked tensor
+        write_png(torch.full((1, 9, 7), 50, dtype=torch.uint8), str(tmp_path / "img/4.png"))
+    decoded: list[Path] = []
+    real_load = image_csv.load_image
+    monkeypatch.setattr(image_csv, "load_image",
+                        lambda path, mode: decoded.append(path) or real_load(path, mode))
+    options = {"read_mode": "GRAY", "num_workers": 0, "cache_images": True, "batch_size": 1}
+
+    def images(data: ImageCSVDataModule) -> list[Tensor]:
+        return [data.datasets[s][i][0] for s in ("train", "val", "test")
+                for i in range(len(data.datasets[s]))]
+
+    first = ImageCSVDataModule(table, **options)
+    first.setup("fit")
+    assert len(decoded) == 30
+    (copy,) = (tmp_path / "cache" / "lightning-template").glob("decoded-*.pt")
+    again = ImageCSVDataModule(table, **options)
+    again.setup("fit")  # the next run (or another rank): nothing decoded, the same images
+    assert len(decoded) == 30
+    assert all(torch.equal(a, b) for a, b in zip(images(first), images(again), strict=True))
+
+    write_png(torch.full((1, 6, 6), 200, dtype=torch.uint8), str(tmp_path / "img/7.png"))
+    changed = ImageCSVDataModule(table, **options)
+    changed.setup("fit")  # one file changed: decoded again, with the new pixels
+    assert len(decoded) == 60
+    assert torch.allclose(changed._cache[tmp_path / "img/7.png"], torch.tensor(200 / 255))
+    (newer,) = (tmp_path / "cache" / "lightning-template").glob("decoded-*.pt")
+    assert newer != copy  # the stale copy is gone, never to be loaded
+
+    ImageCSVDataModule(table, **options, remember_checks=False).setup("fit")
+    assert len(decoded) == 90  # nothing remembered: every file decoded
 
 
 class CountingNormalize(v2.Normalize):

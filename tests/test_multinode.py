@@ -97,15 +97,14 @@ def test_torchrun_on_a_fresh_machine_trains_together_and_ends_on_the_same_step(
     assert len(list((data / "images").glob("*.png"))) == 1797
 
 
-
-# Counts, per process, the image files the pre-flight check opens (imported by every rank when
-# the parser resolves the callback's class path, before the data is read), and says which
-# classes each rank trained on.
+# Counts, per process, the image files the pre-flight check opens and the images decoded into
+# the cache (imported by every rank when the parser resolves the callback's class path, before
+# the data is read), and says which classes each rank trained on.
 SPY = '''
 import os
 import time
 from lightning.pytorch import Callback
-from datamodules import validation
+from datamodules import image_csv, validation
 
 checked = validation.check_chunk
 
@@ -118,6 +117,16 @@ def counting_check_chunk(chunk, *args, **kwargs):
 
 
 validation.check_chunk = counting_check_chunk
+decode = image_csv.load_image
+
+
+def counting_load_image(path, mode):
+    with open(os.path.join(os.environ["SPY_FOLDER"], f"{os.getpid()}.decoded"), "a") as out:
+        out.write("1\\n")
+    return decode(path, mode)
+
+
+image_csv.load_image = counting_load_image
 
 
 class Spy(Callback):
@@ -127,7 +136,7 @@ class Spy(Callback):
 '''
 
 
-def test_torchrun_ranks_of_a_node_check_a_user_folder_once_and_agree(
+def test_torchrun_ranks_of_a_node_check_and_decode_a_user_folder_once_and_agree(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.test_image_csv import make_images
@@ -152,5 +161,9 @@ def test_torchrun_ranks_of_a_node_check_a_user_folder_once_and_agree(
     # Both ranks read the same table: the same classes, trained to the same step.
     reports = sorted(re.findall(r"rank (\d) step (\d+) classes (.*)", output))
     assert reports == [(r, "2", "['bird', 'cat', 'dog']") for r in "01"], output[-4000:]
-    opened = [sum(map(int, f.read_text().split())) for f in (tmp_path / "spy").glob("*.count")]
-    assert sum(opened) == 48, opened  # every file checked once on this node, not once per rank
+    def per_process(suffix: str) -> list[int]:
+        return [sum(map(int, f.read_text().split())) for f in (tmp_path / "spy").glob(suffix)]
+
+    # Every file checked, and decoded into the cache, once on this node, not once per rank.
+    assert sum(per_process("*.count")) == 48, per_process("*.count")
+    assert sum(per_process("*.decoded")) == 48, per_process("*.decoded")
