@@ -51,9 +51,9 @@ def load_copy(path: Path, count: int) -> list[Tensor] | None:
     return None
 
 
-def save_copy(path: Path, images: list[Tensor]) -> None:
+def save_copy(path: Path, images: list[Tensor]) -> bool:
     """Write the copy (one tensor when the images share a size), atomically; replace the
-    older copies of the same root. Where it cannot be written, nothing is kept."""
+    older copies of the same root. Where it cannot be written, nothing is kept (False)."""
     same_size = len({image.shape for image in images}) == 1
     with contextlib.suppress(OSError, RuntimeError):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,3 +64,5 @@ def save_copy(path: Path, images: list[Tensor]) -> None:
         for older in path.parent.glob(f"decoded-{root_key}-*.pt"):
             if older != path:
                 older.unlink(missing_ok=True)
+        return True
+    return False

@@ -327,9 +327,14 @@ class ImageCSVDataModule(TableDataModule):
                 self._cache.update(zip(paths, images, strict=True))
                 return []
             problems = self.decode_into_cache(paths, rows)
-            if not problems:
-                save_copy(copy, [self._cache[path] for path in paths])
-            return problems
+            if problems:
+                return problems
+            images = [self._cache[path] for path in paths]
+            if save_copy(copy, images):
+                size = sum(image.nbytes for image in images)
+                rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
+                               f"({readable(size)}) for the next run (remember_checks)")
+            return []
 
     def decode_into_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         problems = []
