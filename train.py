@@ -32,15 +32,12 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import configs
 import workarounds
-from callbacks.checkpoint import Checkpoint, class_names_in, resolve_last_checkpoint
-from configs.task_defaults import NoDefaultModel, with_default_model
+from callbacks.checkpoint import Checkpoint
 from errors import DataError, NonFiniteLossError, data_error_in
-from models.checkpoints import (
-    package_of,
-    read_checkpoint,
-    refuse_resuming_another_run,
-    refuse_untrusted,
-)
+
+# What only some commands need is imported where they need it, so a default run reads none of
+# it: check.py (`train.py check`), models.checkpoints (a command given --ckpt_path),
+# configs.task_defaults (a command that chooses its own data), configs.messages (an error).
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -80,18 +77,23 @@ class TemplateCLI(LightningCLI):
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
-        resolve_last_checkpoint(config, subcommand or "fit")
+        self.configured_model = (config.get("model") or {}).get("class_path")
+        if not config.get("ckpt_path"):
+            return
+        from models import checkpoints
+
+        checkpoints.resolve_last_checkpoint(config, subcommand or "fit")
         # LightningCLI replaces the model's class and arguments by the checkpoint's next: what
         # the file names is checked first, and nothing it names is imported before that.
-        self.configured_model = (config.get("model") or {}).get("class_path")
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
-            checkpoint = read_checkpoint(ckpt_path)
+            checkpoint = checkpoints.read_checkpoint(ckpt_path)
             data = (config.get("data") or {}).get("class_path")
-            refuse_untrusted(checkpoint, ckpt_path,
-                             trusted=[*package_of(self.configured_model), *package_of(data)])
+            trusted = [*checkpoints.package_of(self.configured_model),
+                       *checkpoints.package_of(data)]
+            checkpoints.refuse_untrusted(checkpoint, ckpt_path, trusted=trusted)
             if (subcommand or "fit") == "fit":
-                refuse_resuming_another_run(checkpoint, ckpt_path, config)
+                checkpoints.refuse_resuming_another_run(checkpoint, ckpt_path, config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -104,6 +106,8 @@ class TemplateCLI(LightningCLI):
             if not ckpt_path:
                 raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
             # The classes come from the checkpoint, not from the data to predict.
+            from models.checkpoints import class_names_in
+
             names = class_names_in(ckpt_path)
             if names and "class_names" in (config.data.get("init_args") or {}):
                 config.data.init_args.class_names = names
@@ -138,6 +142,8 @@ def prepared(argv: list[str], stage: str) -> tuple[list[str], dict[str, Any]]:
         sys.stderr.write(f"train.py: error: {bad_yaml}\n")
         sys.exit(2)
     if configs.chooses_data(argv):  # no digits.yaml: the model follows the data's task
+        from configs.task_defaults import NoDefaultModel, with_default_model
+
         try:
             argv = with_default_model(argv)
         except NoDefaultModel as error:

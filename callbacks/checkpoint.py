@@ -7,19 +7,17 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from callbacks.finite_loss import all_finite
-from errors import DataError, NonFiniteLossError
+from errors import NonFiniteLossError
 
 # {name} or {name:format} in a checkpoint file name
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")
@@ -254,43 +252,3 @@ def validation_follows(trainer: Trainer) -> bool:
         return epoch_loop.batch_progress.is_last_batch
     batches = epoch_loop.total_batch_idx if every is None else epoch_loop.batch_idx
     return (batches + 1) % interval == 0
-
-
-def resolve_last_checkpoint(config: Any, stage: str = "fit") -> None:
-    """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
-    logger write into that run's version folder, so a resumed run continues the same logs and
-    checkpoints instead of starting a new version that has no ``last.ckpt``. With no such file,
-    ``fit`` starts from scratch (said in one line); the other stages are refused: they would
-    evaluate an untrained model."""
-    logger = config.get("trainer.logger")
-    init_args = getattr(logger, "init_args", None)
-    if init_args is None or "save_dir" not in init_args:
-        return
-    runs = Path(init_args.save_dir) / (init_args.get("name") or "")
-    ckpt_path = config.get("ckpt_path")
-    if ckpt_path == "last":
-        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not candidates and stage != "fit":
-            raise DataError(f"--ckpt_path last: no last.ckpt under {runs}: nothing to {stage}; "
-                            "train first or give the checkpoint's path")
-        if not candidates:
-            rank_zero_warn(f"--ckpt_path last: no last.ckpt under {runs}; starting from scratch.")
-            config["ckpt_path"] = None
-            return
-        ckpt_path = str(candidates[-1])
-        config["ckpt_path"] = ckpt_path
-    if ckpt_path and init_args.get("version") is None:
-        run_dir = Path(ckpt_path).resolve().parent.parent
-        if run_dir.parent == runs.resolve():
-            init_args["version"] = run_dir.name
-
-
-def class_names_in(ckpt_path: str | Path) -> list[str] | None:
-    """The class names a checkpoint was trained on: the model's ``class_names``
-    hyperparameter, else the datamodule state saved in it (any entry with ``class_names``)."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
-    for value in checkpoint.values():
-        if not names and isinstance(value, dict) and isinstance(value.get("class_names"), list):
-            names = value["class_names"]
-    return [str(n) for n in names] if names else None

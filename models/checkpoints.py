@@ -1,6 +1,7 @@
-"""Reading a checkpoint that may come from elsewhere: one line for a file that is not a
-checkpoint, and a refusal, before anything is imported, of one that names code outside what the
-run trusts.
+"""Reading ``--ckpt_path``: which file ``last`` means, one line for a file that is not a
+checkpoint, a refusal, before anything is imported, of one that names code outside what the
+run trusts, and the classes a checkpoint was trained on. ``train.py`` imports this module only
+when a command gives a checkpoint.
 
 Why: ``torch.load(weights_only=True)`` runs no code, but what the file *names* does. A
 checkpoint of LightningCLI stores the model's class (``_class_path``), the nested ``class_path``
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from errors import DataError
 
@@ -116,3 +118,43 @@ def refuse_resuming_another_run(checkpoint: dict[str, Any], path: str | Path,
         raise DataError(f"{path} is another run's checkpoint: {'; '.join(differences)}. "
                         "Resuming needs the same model, data and task; to start a new run "
                         "from its weights, see docs/logs_and_checkpoints.md")
+
+
+def resolve_last_checkpoint(config: Any, stage: str = "fit") -> None:
+    """Turn ``ckpt_path: last`` into the newest ``last.ckpt`` of this logger's runs and make the
+    logger write into that run's version folder, so a resumed run continues the same logs and
+    checkpoints instead of starting a new version that has no ``last.ckpt``. With no such file,
+    ``fit`` starts from scratch (said in one line); the other stages are refused: they would
+    evaluate an untrained model."""
+    logger = config.get("trainer.logger")
+    init_args = getattr(logger, "init_args", None)
+    if init_args is None or "save_dir" not in init_args:
+        return
+    runs = Path(init_args.save_dir) / (init_args.get("name") or "")
+    ckpt_path = config.get("ckpt_path")
+    if ckpt_path == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates and stage != "fit":
+            raise DataError(f"--ckpt_path last: no last.ckpt under {runs}: nothing to {stage}; "
+                            "train first or give the checkpoint's path")
+        if not candidates:
+            rank_zero_warn(f"--ckpt_path last: no last.ckpt under {runs}; starting from scratch.")
+            config["ckpt_path"] = None
+            return
+        ckpt_path = str(candidates[-1])
+        config["ckpt_path"] = ckpt_path
+    if ckpt_path and init_args.get("version") is None:
+        run_dir = Path(ckpt_path).resolve().parent.parent
+        if run_dir.parent == runs.resolve():
+            init_args["version"] = run_dir.name
+
+
+def class_names_in(ckpt_path: str | Path) -> list[str] | None:
+    """The class names a checkpoint was trained on: the model's ``class_names``
+    hyperparameter, else the datamodule state saved in it (any entry with ``class_names``)."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    names = (checkpoint.get("hyper_parameters") or {}).get("class_names")
+    for value in checkpoint.values():
+        if not names and isinstance(value, dict) and isinstance(value.get("class_names"), list):
+            names = value["class_names"]
+    return [str(n) for n in names] if names else None
