@@ -230,6 +230,7 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         # callbacks with something to say (RunSummary's table, where predictions went).
         if callable(getattr(callback, "report", None)):
             callback.report(trainer)
+    workarounds.destroy_the_process_group()
     return cli
 
 

@@ -44,6 +44,22 @@ def drop_link_values_the_model_does_not_take(model: Any, linked: tuple[str, ...]
             del hparams[key]
 
 
+def destroy_the_process_group() -> None:
+    """End the command the way PyTorch asks every process to: destroy the process group.
+
+    Works around: Lightning registers that for the end of the process with NCCL only
+    (``lightning.fabric.utilities.distributed``). With gloo (CPU DDP) a rank that exits with
+    the group alive can abort in interpreter finalization, "terminate called without an active
+    exception" (Gloo's worker threads still hold tensors; pytorch/pytorch#179291), and torchrun
+    then reports a run that finished as failed: seen on a loaded 2-core machine. Called after a
+    command succeeded only: a rank that failed may leave others inside a collective.
+    """
+    import torch.distributed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def read_whole_numbers_as_batch_counts() -> None:
     """``--trainer.limit_train_batches=1`` must mean one batch, not 100 % of them.
 

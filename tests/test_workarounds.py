@@ -144,3 +144,31 @@ def test_lightning_drops_a_restored_loader_position_when_optimizers_ask_for_the_
     # Lightning starts the loader over at row 0.
     assert model.first_batch is not None
     assert model.first_batch[0, 0].item() == (0.0 if asks_for_step_count else 20.0)
+
+
+GLOO_EXIT = """
+import atexit, os
+import torch.distributed as dist
+from lightning.fabric.plugins.environments import LightningEnvironment
+from lightning.fabric.utilities.distributed import _init_dist_connection
+
+# Registered first, so it runs after whatever Lightning registers (atexit runs last in first).
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="{port}")
+_init_dist_connection(LightningEnvironment(), "gloo", global_rank=0, world_size=1)
+"""
+
+
+def test_lightning_leaves_a_gloo_process_group_alive_at_exit(tmp_path: Path) -> None:
+    """destroy_the_process_group: needed while Lightning destroys the process group at exit for
+    NCCL only, and leaves gloo's alive into interpreter finalization."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, "-c", GLOO_EXIT.format(port=port)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert "initialized at exit: True" in done.stdout, done.stdout + done.stderr
+
