@@ -3,26 +3,29 @@ run, the other ranks of a node and the next sweep trial load them (memory-mapped
 decoding every file again. Neither torchvision nor torchdata keeps decoded images across
 processes: this is the gap it fills.
 
-One file per image root and read mode, named after the files' paths and stamps (size,
-modification time, inode): a changed, added or removed file gives another name, so a stale
-copy is never loaded; writing a new copy deletes the older ones of that root. On 5,000 28x28
-PNGs loading it takes ~10 ms where decoding took ~0.45 s (``benchmarks/user_folder.py``).
+One file per table and read mode, named after the files' paths and stamps (size,
+modification time, inode, of a symlink's target) and the torchvision version that decoded
+them: a changed, added or removed file gives another name, so a stale copy is never loaded;
+writing a new copy deletes the older ones of that table. Files that failed to decode are kept
+as their messages, so ``skip_invalid`` runs load the copy too. ``benchmarks/decoded_copy.py``
+measures what it saves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import Tensor
 
 from datamodules.validation import CheckedFiles, cache_folder
 
 
-def copy_path(root: Path, read_mode: str, paths: list[Path]) -> Path | None:
+def copy_path(table: str, read_mode: str, paths: list[Path]) -> Path | None:
     """Where the decoded copy of ``paths`` is kept; None when a file cannot be stat'ed."""
     digest = hashlib.sha1()
     for path in paths:
@@ -30,39 +33,53 @@ def copy_path(root: Path, read_mode: str, paths: list[Path]) -> Path | None:
         if stamp is None:
             return None
         digest.update(f"{path}|{stamp}\n".encode())
-    root_key = hashlib.sha1(f"{root.resolve()}|{read_mode}".encode()).hexdigest()[:16]
-    return cache_folder() / f"decoded-{root_key}-{digest.hexdigest()[:16]}.pt"
+    table_key = hashlib.sha1(f"{table}|{read_mode}|{torchvision.__version__}".encode())
+    return cache_folder() / f"decoded-{table_key.hexdigest()[:16]}-{digest.hexdigest()[:16]}.pt"
 
 
 def lock_of(path: Path) -> Path:
-    """What the ranks take turns on: one name per image root and read mode (see
+    """What the ranks take turns on: one name per table and read mode (see
     :func:`datamodules.validation.one_process_at_a_time`), whatever the copy's contents."""
     return path.with_name(f"decoded-{path.name.split('-')[1]}")
 
 
-def load_copy(path: Path, count: int) -> list[Tensor] | None:
-    """The images of a copy (views into one memory-mapped file), or None when there is none
-    or it cannot be read."""
-    with contextlib.suppress(OSError, RuntimeError, ValueError, EOFError):
+Decoded = list[Tensor | str]  # per path: its image, or why it could not be decoded
+
+
+def load_copy(path: Path, count: int) -> Decoded | None:
+    """Per path, its image (a view into the memory-mapped file) or its decoding error; None
+    when there is no copy or it cannot be read (then the files are decoded)."""
+    try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        images = list(saved.unbind()) if isinstance(saved, Tensor) else list(saved)
-        if len(images) == count:
-            return images
-    return None
+        stored = saved["images"]
+        images = iter(list(stored.unbind()) if isinstance(stored, Tensor) else stored)
+        failed = dict(saved["failed"])
+        decoded: Decoded = [failed[i] if i in failed else next(images) for i in range(count)]
+        return decoded if next(images, None) is None else None
+    except Exception:  # a copy that is not what this module wrote: decode again
+        return None
 
 
-def save_copy(path: Path, images: list[Tensor]) -> bool:
-    """Write the copy (one tensor when the images share a size), atomically; replace the
-    older copies of the same root. Where it cannot be written, nothing is kept (False)."""
-    same_size = len({image.shape for image in images}) == 1
-    with contextlib.suppress(OSError, RuntimeError):
+def save_copy(path: Path, decoded: Decoded) -> bool:
+    """Write the copy, atomically (one tensor when the images share a size), if the disk has
+    room for it twice over; replace the older copies of the same table. Where it cannot be
+    written, nothing is kept, not even a partial file (False)."""
+    images = [item for item in decoded if isinstance(item, Tensor)]
+    failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, str)]
+    size = sum(image.nbytes for image in images)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        torch.save(torch.stack(images) if same_size else images, partial)
+        if shutil.disk_usage(path.parent).free < 2 * size:
+            return False
+        same_size = len({image.shape for image in images}) == 1
+        stored = torch.stack(images) if images and same_size else images
+        torch.save({"images": stored, "failed": failed}, partial)
         os.replace(partial, path)
-        root_key = path.name.split("-")[1]
-        for older in path.parent.glob(f"decoded-{root_key}-*.pt"):
-            if older != path:
-                older.unlink(missing_ok=True)
-        return True
-    return False
+    except (OSError, RuntimeError):
+        partial.unlink(missing_ok=True)
+        return False
+    for older in path.parent.glob(f"decoded-{path.name.split('-')[1]}-*"):
+        if older != path:
+            older.unlink(missing_ok=True)
+    return True

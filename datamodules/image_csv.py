@@ -149,7 +149,7 @@ class ImageCSVDataModule(TableDataModule):
         remember_checks: record which files passed (by size, modification time and inode, in
             ``~/.cache/lightning-template/``) and check only new or changed ones next time;
             with ``cache_images``, also keep the decoded images there, so the next run and
-            the other ranks of a node load them instead of decoding (one copy per image root,
+            the other ranks of a node load them instead of decoding (one copy per table,
             the size of the cache, replaced when the files change).
         cache_images: decode every image once, in the main process, and keep the tensors in
             memory: no file is opened while training, and deterministic per-image transforms
@@ -315,30 +315,31 @@ class ImageCSVDataModule(TableDataModule):
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         """Decode every image once, in this (main) process; workers share the tensors. With
-        ``remember_checks``, the decoded images of unchanged files come from the copy kept by
-        an earlier run or another rank of this node (:mod:`datamodules.decoded_copy`); the
-        ranks take turns, so a node decodes once."""
-        copy = copy_path(self.image_root, self.read_mode, paths) if self.remember_checks else None
+        ``remember_checks``, the images of unchanged files (and the errors of those that did
+        not decode) come from the copy kept by an earlier run or another rank of this node
+        (:mod:`datamodules.decoded_copy`); the ranks take turns, so a node decodes once."""
+        copy = copy_path(self.source, self.read_mode, paths) if self.remember_checks else None
         if copy is None:
-            return self.decode_into_cache(paths, rows)
-        with one_process_at_a_time(lock_of(copy)):
-            images = load_copy(copy, len(paths)) if copy.is_file() else None
-            if images is not None:
-                self._cache.update(zip(paths, images, strict=True))
-                return []
-            problems = self.decode_into_cache(paths, rows)
-            if problems:
-                return problems
-            images = [self._cache[path] for path in paths]
-            if save_copy(copy, images):
-                size = sum(image.nbytes for image in images)
-                rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
-                               f"({readable(size)}) for the next run (remember_checks)")
-            return []
-
-    def decode_into_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
+            decoded = self.decode(paths)
+        else:
+            with one_process_at_a_time(lock_of(copy), f"decoding the images of {self.source}"):
+                decoded = load_copy(copy, len(paths)) if copy.is_file() else None
+                if decoded is None:
+                    decoded = self.decode(paths)
+                    if save_copy(copy, decoded):
+                        size = sum(i.nbytes for i in decoded if isinstance(i, Tensor))
+                        rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
+                                       f"({readable(size)}) for the next run (remember_checks)")
         problems = []
+        for row, path, image in zip(rows, paths, decoded, strict=True):
+            if isinstance(image, str):
+                problems.append(Problem(row, image))
+            else:
+                self._cache[path] = image
+        return problems
 
+    def decode(self, paths: list[Path]) -> list[Tensor | str]:
+        """Each file's image, or why it cannot be read."""
         def decode(path: Path) -> Tensor | str:
             try:
                 return load_image(path, ImageReadMode[self.read_mode])
@@ -352,12 +353,7 @@ class ImageCSVDataModule(TableDataModule):
         sizes = [self._headers[p][0] * self._headers[p][1] for p in paths if p in self._headers]
         large = not sizes or sum(sizes) / len(sizes) >= LARGE_IMAGE_PIXELS
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1) if large else 1) as pool:
-            for row, path, image in zip(rows, paths, pool.map(decode, paths), strict=True):
-                if isinstance(image, str):
-                    problems.append(Problem(row, image))
-                else:
-                    self._cache[path] = image
-        return problems
+            return list(pool.map(decode, paths))
 
     def check_cache_fits(self, paths: list[Path]) -> None:
         """``cache_images: true``: refuse, with the size, a cache over ``cache_max_gb``."""

@@ -145,7 +145,8 @@ def check_image_files(
     # The ranks of a node (torchrun starts them together) check one at a time: the first
     # checks and records, the others wait and find the record, so the files are opened once
     # per node, not once per rank.
-    with one_process_at_a_time(CheckedFiles.location(root, max_pixels)):
+    with one_process_at_a_time(CheckedFiles.location(root, max_pixels),
+                               f"checking the image files under {root}"):
         return check_unrecorded(paths, root, decode, max_pixels, headers,
                                 CheckedFiles(root, max_pixels))
 
@@ -248,7 +249,7 @@ class CheckedFiles:
     @staticmethod
     def stamp(path: Path) -> list[int] | None:
         try:
-            info = path.lstat()
+            info = path.stat()  # a symlink: its target, whose contents are read
         except OSError:
             return None
         return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
@@ -275,17 +276,24 @@ class CheckedFiles:
 
 
 @contextlib.contextmanager
-def one_process_at_a_time(record: Path) -> Iterator[None]:
+def one_process_at_a_time(record: Path, what: str) -> Iterator[None]:
     """An exclusive ``flock`` on a file beside ``record`` for the block, released when the
-    process ends however it ends. Where none can be taken (no ``fcntl``: Windows; a cache
-    folder that cannot be written) the block runs unlocked: each process then checks alone."""
+    process ends however it ends; a process that has to wait says so in one line, naming
+    ``what`` the other is doing. Where no lock can be taken (no ``fcntl``: Windows; a cache
+    folder that cannot be written; a file system without ``flock``) the block runs unlocked:
+    each process then does the work alone."""
     with contextlib.ExitStack() as stack:
         with contextlib.suppress(OSError, ImportError):
             import fcntl
 
             record.parent.mkdir(parents=True, exist_ok=True)
             lock = stack.enter_context(open(record.with_suffix(".lock"), "a"))
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                rank_zero_info(f"waiting for another process of this node {what} "
+                               f"(lock: {lock.name})")
+                fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 

@@ -203,6 +203,29 @@ def test_the_next_run_loads_the_decoded_images_instead_of_decoding_and_notices_a
     assert len(decoded) == 90  # nothing remembered: every file decoded
 
 
+def test_a_broken_file_dropped_by_skip_invalid_is_remembered_with_the_decoded_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    table = make_images(tmp_path, 20, ["a", "b"])
+    broken = tmp_path / "img" / "5.png"
+    broken.write_bytes(broken.read_bytes()[:-20])  # a header, then truncated pixels
+    decoded: list[Path] = []
+    real_load = image_csv.load_image
+    monkeypatch.setattr(image_csv, "load_image",
+                        lambda path, mode: decoded.append(path) or real_load(path, mode))
+    options = {"read_mode": "GRAY", "num_workers": 0, "cache_images": True,
+               "skip_invalid": True}
+    for run in (1, 2):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            data = ImageCSVDataModule(table, **options)
+            data.setup("fit")
+        assert len(decoded) == 20, run  # the second run decodes nothing
+        assert sum(len(d) for d in data.datasets.values()) == 19, run
+        assert "skip_invalid dropped 1 of 20 rows (first: cannot decode" in caplog.text, run
+
+
 class CountingNormalize(v2.Normalize):
     calls = 0
 
