@@ -64,17 +64,14 @@ def save_copy(path: Path, decoded: Decoded) -> bool:
     """Write the copy, atomically (one tensor when the images share a size), if the disk has
     room for it twice over; replace the older copies of the same table. Where it cannot be
     written, nothing is kept, not even a partial file (False)."""
-    images = [item for item in decoded if isinstance(item, Tensor)]
     failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, str)]
-    size = sum(image.nbytes for image in images)
+    size = sum(item.nbytes for item in decoded if isinstance(item, Tensor))
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(path.parent).free < 2 * size:
             return False
-        same_size = len({image.shape for image in images}) == 1
-        stored = torch.stack(images) if images and same_size else images
-        torch.save({"images": stored, "failed": failed}, partial)
+        torch.save({"images": stacked_in_place(decoded), "failed": failed}, partial)
         os.replace(partial, path)
     except (OSError, RuntimeError):
         partial.unlink(missing_ok=True)
@@ -83,3 +80,23 @@ def save_copy(path: Path, decoded: Decoded) -> bool:
         if older != path:
             older.unlink(missing_ok=True)
     return True
+
+
+def stacked_in_place(decoded: Decoded) -> Tensor | list[Tensor]:
+    """Images of one size as one tensor, each entry of ``decoded`` replaced by its view into
+    it as it is copied, so memory never holds the images twice (``torch.stack`` would);
+    images of several sizes as a list."""
+    shapes = {item.shape for item in decoded if isinstance(item, Tensor)}
+    if len(shapes) != 1:
+        return [item for item in decoded if isinstance(item, Tensor)]
+    count = sum(isinstance(item, Tensor) for item in decoded)
+    first = next(item for item in decoded if isinstance(item, Tensor))
+    stacked = torch.empty((count, *shapes.pop()), dtype=first.dtype)
+    del first
+    row = 0
+    for i, item in enumerate(decoded):
+        if isinstance(item, Tensor):
+            stacked[row] = item
+            decoded[i] = stacked[row]
+            row += 1
+    return stacked
