@@ -7,8 +7,9 @@ One file per table and read mode, named after the files' paths and stamps (size,
 modification time, inode, of a symlink's target) and the torchvision version that decoded
 them: a changed, added or removed file gives another name, so a stale copy is never loaded;
 writing a new copy deletes the older ones of that table. Files that failed to decode are kept
-as their messages, so ``skip_invalid`` runs load the copy too. ``benchmarks/decoded_copy.py``
-measures what it saves.
+as their messages, so ``skip_invalid`` runs load the copy too. What it earns: under DDP a node
+decodes once; on 5,000 28x28 PNGs a run's data set-up takes 0.11 s instead of 0.34 s, 3.6 %
+of that whole run (``benchmarks/decoded_copy.py``, ``benchmarks/user_folder.py``).
 """
 
 from __future__ import annotations
