@@ -16,7 +16,6 @@ does. The default config chain, before any ``--config``: ``configs/default.yaml`
 
 from __future__ import annotations
 
-import errno
 import inspect
 import sys
 from typing import Any
@@ -27,21 +26,20 @@ from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 import configs
 import workarounds
 from callbacks.checkpoint import Checkpoint
-from errors import DataError, NonFiniteLossError, data_error_in
+from errors import DataError
 
 # What only some commands need is imported where they need it, so a default run reads none of
 # it: check.py (`train.py check`), models.checkpoints (a command given --ckpt_path),
-# configs.task_defaults (a command that chooses its own data), configs.messages (an error).
+# configs.task_defaults (a command that chooses its own data), configs.messages (an error the
+# user can fix, told in one line).
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
 # What the model's __init__ gets from the datamodule (data attribute, model argument), where
 # the model takes that argument: the task, the outputs and the input size the data knows.
 LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "class_names"),
@@ -78,22 +76,10 @@ class TemplateCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
         self.configured_model = (config.get("model") or {}).get("class_path")
-        if not config.get("ckpt_path"):
-            return
-        from models import checkpoints
+        if config.get("ckpt_path"):
+            from models.checkpoints import check_ckpt_path
 
-        checkpoints.resolve_last_checkpoint(config, subcommand or "fit")
-        # LightningCLI replaces the model's class and arguments by the checkpoint's next: what
-        # the file names is checked first, and nothing it names is imported before that.
-        ckpt_path = config.get("ckpt_path")
-        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
-            checkpoint = checkpoints.read_checkpoint(ckpt_path)
-            data = (config.get("data") or {}).get("class_path")
-            trusted = [*checkpoints.package_of(self.configured_model),
-                       *checkpoints.package_of(data)]
-            checkpoints.refuse_untrusted(checkpoint, ckpt_path, trusted=trusted)
-            if (subcommand or "fit") == "fit":
-                checkpoints.refuse_resuming_another_run(checkpoint, ckpt_path, config)
+            check_ckpt_path(config, subcommand or "fit", self.configured_model)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -185,46 +171,22 @@ def main(args: list[str] | None = None) -> TemplateCLI:
                 trainer.test(model, datamodule=cli.datamodule, ckpt_path=best)
             else:
                 rank_zero_info(f"Testing skipped: {type(model).__name__} has no test_step.")
-    except (DataError, ValueError) as error:
-        # Bad data or options, found before the first training step: the message names the
-        # file, row or option; a traceback through Lightning would only hide it.
-        cause = data_error_in(error)
-        if cause is None and "Problem with given class_path" not in str(error):
-            raise
-        from configs.messages import condense_error
-
-        sys.stderr.write(f"train.py: error: {cause or condense_error(str(error))}\n")
-        sys.exit(2)
-    except TypeError as error:
-        # A module that calls self.hparams.optimizer(...): under LightningCLI that is a dict.
-        from configs.messages import explain_hparams_call
-
-        line = explain_hparams_call(error)
-        if line is None:
-            raise
-        sys.stderr.write(f"train.py: error: {line}\n")
-        sys.exit(1)
-    except MisconfigurationException as error:
-        # Lightning refusing an option's value (--max_epochs -5, --devices 0): the user's to fix.
-        sys.stderr.write(f"train.py: error: {error}\n")
-        sys.exit(2)
-    except OSError as error:
-        # The machine refusing a write (disk full, read-only or unwritable folder): one line
-        # naming the file; any other OSError is a bug and keeps its traceback.
-        if error.errno not in WRITE_REFUSED:
-            raise
-        sys.stderr.write(f"train.py: error: cannot write {error.filename or 'a file'}: "
-                         f"{error.strerror}\n")
-        sys.exit(1)
-    except NonFiniteLossError as error:
-        # The weights never saw the bad step and no checkpoint was written for it.
-        sys.stderr.write(f"train.py: error: {error}\n")
-        sys.exit(1)
     except SIGTERMException:
         # Pre-empted: Lightning finished the batch, the checkpoint callback saved last.ckpt.
         # Exit 143 (128 + SIGTERM) like a killed process, so a scheduler requeues the job.
         sys.stderr.write("train.py: stopped by SIGTERM; resume with --ckpt_path last\n")
         sys.exit(143)
+    except Exception as error:
+        # What the user can fix (bad data or options, a refused write, a NaN loss), found before
+        # or during the run: one line naming the file, row or option, and an exit status. Any
+        # other error is a bug and keeps its traceback.
+        from configs.messages import one_line_for
+
+        known = one_line_for(error)
+        if known is None:
+            raise
+        sys.stderr.write(f"train.py: error: {known[0]}\n")
+        sys.exit(known[1])
     for callback in trainer.callbacks:
         # Once the whole command (fit, then test) is done, after the last progress bar: the
         # callbacks with something to say (RunSummary's table, where predictions went).

@@ -1,19 +1,48 @@
-"""The one-line messages for what a user wrote wrong, built only when something is wrong (a
-default run never imports this module): a jsonargparse error condensed, a model asking for an
-optimizer object, ``self.hparams.optimizer(...)`` under LightningCLI."""
+"""The one-line messages for what a user can fix, built only when something is wrong (a default
+run never imports this module): which errors train.py ends with in one line, a jsonargparse
+error condensed, a model asking for an optimizer object, ``self.hparams.optimizer(...)`` under
+LightningCLI."""
 
 from __future__ import annotations
 
+import errno
 import re
 import traceback
 
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
 from configs import instance_hints, loaded_class
+from errors import NonFiniteLossError, data_error_in
+
+# A write the machine refused (disk full, read-only or unwritable folder): the user's to fix.
+WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
           "Expected a <class 'NoneType'>", "Expected a path but ")
 # "Given value: many" says what was wrong; a dump of the whole nested config does not.
 _VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
 _LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
+
+
+def one_line_for(error: BaseException) -> tuple[str, int] | None:
+    """The line and exit status train.py ends with for an error the user can fix; None for
+    anything else (a bug, which keeps its traceback). Status 2 is bad data or options, found
+    before the first training step; 1 is a run that could not go on."""
+    cause = data_error_in(error) if isinstance(error, ValueError) else None
+    if cause is not None:  # bad data or options: the message names the file, row or option
+        return str(cause), 2
+    if isinstance(error, ValueError) and "Problem with given class_path" in str(error):
+        return condense_error(str(error)), 2  # jsonargparse could not build a configured class
+    if isinstance(error, MisconfigurationException):  # Lightning refusing --max_epochs -5
+        return str(error), 2
+    if isinstance(error, TypeError):  # a module calling self.hparams.optimizer(...)
+        line = explain_hparams_call(error)
+        return (line, 1) if line else None
+    if isinstance(error, OSError) and error.errno in WRITE_REFUSED:
+        return f"cannot write {error.filename or 'a file'}: {error.strerror}", 1
+    if isinstance(error, NonFiniteLossError):  # the weights never saw the bad step
+        return str(error), 1
+    return None
 
 
 def condense_error(message: str, max_chars: int = 400) -> str:

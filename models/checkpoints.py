@@ -27,9 +27,27 @@ from errors import DataError
 # packages. A run also trusts the packages of the model and data its own config names.
 TRUSTED_PACKAGES = ("torch", "torchvision", "torchmetrics", "lightning", "pytorch_lightning",
                     "timm", "models", "datamodules", "callbacks")
+LIGHTNING_CKPT_NAMES = ("best", "hpc", "registry")  # --ckpt_path values Lightning resolves
 # The one instantiator LightningCLI records (lightning.pytorch.cli, `_instantiator`).
 TRUSTED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",
                          "pytorch_lightning.cli.instantiate_module")
+
+
+def check_ckpt_path(config: Any, stage: str, configured_model: str | None) -> None:
+    """What train.py does with ``--ckpt_path`` before LightningCLI reads the file: ``last``
+    resolved, then the file read and refused if it names code outside what the run trusts, or
+    (``fit``) is another run's. LightningCLI replaces the model's class and arguments by the
+    checkpoint's next, so nothing the file names is imported before these checks."""
+    resolve_last_checkpoint(config, stage)
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        return
+    checkpoint = read_checkpoint(ckpt_path)
+    data = (config.get("data") or {}).get("class_path")
+    refuse_untrusted(checkpoint, ckpt_path, trusted=[*package_of(configured_model),
+                                                     *package_of(data)])
+    if stage == "fit":
+        refuse_resuming_another_run(checkpoint, ckpt_path, config)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
