@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import typing
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,22 +37,13 @@ from datamodules.samplers import (
     WeightedShardSampler,
     class_balanced_weights,
 )
-from datamodules.splits import stratified_folds, stratified_split
+from datamodules.splits import stratified_split
+from datamodules.tasks import Task, sorted_names, task_targets
 from datamodules.validation import DataValidationError, Problem
 from errors import DataError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-# What the rows are for. The targets reach the model as: int64 class index (multiclass),
-# float32 multi-hot (multilabel), float32 values in the table's units ((N,) for one column,
-# (N, K) for several: regression), an int64 (H, W) mask (segmentation), nothing (none: the
-# batch is the inputs alone).
-Task = Literal["multiclass", "multilabel", "regression", "segmentation", "none"]
-TASKS = typing.get_args(Task)
-# Under multiclass, a label column with more distinct values than this share of its rows (and
-# at least MIN_ROWS_FOR_CLASS_CHECK rows) is taken for a continuous target and refused.
-MAX_CLASS_SHARE = 0.5
-MIN_ROWS_FOR_CLASS_CHECK = 20
 
 
 def default_num_workers(ranks_per_node: int = 1) -> int:
@@ -71,34 +61,6 @@ def silence_more_workers_advice() -> None:
     process-wide (warnings filters are), so it also covers later loaders of the process."""
     warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers",
                             category=PossibleUserWarning)
-
-
-def label_key(value: object) -> str:
-    """Labels compare as strings so 3, "3" and 3.0 read from different files agree."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
-
-
-def class_names_from(labels: pd.Series) -> list[str]:
-    """Sorted class names; integer-like labels sort numerically (2 before 10)."""
-    return sorted_names({label_key(v) for v in labels})
-
-
-def sorted_names(keys: set[str]) -> list[str]:
-    names = sorted(keys)
-    if all(k.lstrip("-").isdigit() for k in names):
-        names.sort(key=int)
-    return names
-
-
-def quantile_bins(values: np.ndarray, rows_per_bin: int = 10, max_bins: int = 10) -> np.ndarray:
-    """Regression rows stratified by value: up to ``max_bins`` quantile bins of at least
-    ``rows_per_bin`` rows, so every split spans the target's range."""
-    bins = max(1, min(max_bins, len(values) // rows_per_bin))
-    if bins == 1:
-        return np.zeros(len(values), dtype=int)
-    return pd.qcut(pd.Series(values).rank(method="first"), bins, labels=False).to_numpy()
 
 
 def read_table(path: Path, what: str = "annotations file") -> pd.DataFrame:
@@ -202,10 +164,10 @@ class TableDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.task = task
-        self.label_columns = check_task_options(task, label_column, label_delimiter,
-                                                mask_column, class_names)
-        self.label_column = self.label_columns[0] if self.label_columns else None
-        self.label_delimiter = label_delimiter
+        # What the rows are for: reading, checking, encoding and stratifying the targets.
+        self.task_targets = task_targets(task, label_column, label_delimiter, mask_column,
+                                         class_names)
+        self.label_columns = self.task_targets.columns
         self.mask_column = mask_column if task == "segmentation" else None
         self.ignore_index = ignore_index
         self.split_column = split_column
@@ -222,9 +184,8 @@ class TableDataModule(LightningDataModule):
         self.num_workers = num_workers  # None: decided per loader, once the device count is known
         self.train_batch_transforms = train_batch_transforms
         self.eval_batch_transforms = eval_batch_transforms
-        self._class_names = [str(name) for name in class_names] if class_names else None
-        if task == "multilabel" and label_delimiter is None and self._class_names is None:
-            self._class_names = list(self.label_columns)  # one 0/1 column per label
+        self._class_names = ([str(name) for name in class_names] if class_names
+                             else self.task_targets.default_class_names())
         self._names_given = class_names is not None
         self._target_stats: tuple[list[float], list[float]] | None = None
         self._table: pd.DataFrame | None = None
@@ -242,7 +203,7 @@ class TableDataModule(LightningDataModule):
     def class_names(self) -> list[str] | None:
         """The classes (labels for multilabel) in the model's output order; None for
         regression and none. Reads the table on first use."""
-        if self.task in ("regression", "none"):
+        if not self.task_targets.has_classes:
             return None
         if self._class_names is None:
             self.table_and_splits()
@@ -283,10 +244,7 @@ class TableDataModule(LightningDataModule):
     def _regression_stats(self) -> tuple[list[float], list[float]]:
         if self._target_stats is None:
             table, split_rows = self.table_and_splits()
-            values = target_values(table.iloc[split_rows["train"]], self.label_columns)
-            std = values.std(axis=0)
-            self._target_stats = (values.mean(axis=0).tolist(),
-                                  np.where(std > 0, std, 1.0).tolist())
+            self._target_stats = self.task_targets.stats(table.iloc[split_rows["train"]])
         return self._target_stats
 
     @property
@@ -304,11 +262,12 @@ class TableDataModule(LightningDataModule):
         if self._table is None:
             table = self.checked_table()
             split_rows = self.split_rows(table)
-            if self._class_names is None and self.task in ("multiclass", "multilabel"):
+            learned = self.task in ("multiclass", "multilabel")  # classes read from the table
+            if self._class_names is None and learned:
                 train = table.iloc[split_rows["train"]]
                 self._class_names = sorted_names(
-                    {name for row in self.row_labels(train) for name in row})
-            if self.task in ("multiclass", "multilabel"):
+                    {name for row in self.task_targets.row_labels(train) for name in row})
+            if learned:
                 self.check_labels_known(table, split_rows)
             self.check_batches_stack(table, split_rows)
             self._table, self._split_rows = table, split_rows
@@ -381,32 +340,7 @@ class TableDataModule(LightningDataModule):
     def targets(self, rows: pd.DataFrame) -> np.ndarray | None:
         """The rows' targets in the task's form (None for segmentation, whose targets are the
         mask files, and for none)."""
-        if self.task == "multiclass":
-            index = {name: i for i, name in enumerate(self.class_names or [])}
-            return np.array([index[label_key(v)] for v in rows[self.label_column]],
-                            dtype=np.int64)
-        if self.task == "multilabel":
-            index = {name: i for i, name in enumerate(self.class_names or [])}
-            hot = np.zeros((len(rows), len(index)), dtype=np.float32)
-            for row, names in enumerate(self.row_labels(rows)):
-                hot[row, [index[n] for n in names]] = 1.0
-            return hot
-        if self.task == "regression":
-            values = target_values(rows, self.label_columns)
-            return values[:, 0] if values.shape[1] == 1 else values
-        return None
-
-    def row_labels(self, rows: pd.DataFrame) -> list[list[str]]:
-        """Each row's class names: one (multiclass), those whose 0/1 column is 1 or the
-        delimited names (multilabel)."""
-        if self.task == "multiclass":
-            return [[label_key(v)] for v in rows[self.label_column]]
-        if self.label_delimiter is None:
-            hot = rows[self.label_columns].to_numpy(dtype=float) == 1
-            return [[c for c, on in zip(self.label_columns, row, strict=True) if on]
-                    for row in hot]
-        return [[n.strip() for n in str(v).split(self.label_delimiter) if n.strip()]
-                if isinstance(v, str) else [] for v in rows[self.label_column]]
+        return self.task_targets.encode(rows, self.class_names)
 
     def checked_table(self) -> pd.DataFrame:
         table = self.load_table()
@@ -417,12 +351,11 @@ class TableDataModule(LightningDataModule):
             raise DataError(f"{self.source}: missing column(s) {missing}; "
                              f"found {list(table.columns)}")
         table = table.reset_index(drop=True)
-        problems = target_problems(table, self.task, self.label_columns, self.label_delimiter)
+        problems = self.task_targets.problems(table)
         problems += self.row_problems(table) + self.repeat_problems(table)
         table = self.drop_or_raise(table, sorted(problems, key=lambda p: p.row))
         table = self.without_repeats(table)
-        if self.task == "multiclass" and not self._names_given:
-            check_looks_like_classes(self.source, table[self.label_column])
+        self.task_targets.check_table(self.source, table, self._names_given)
         return table
 
     # -- the same input listed twice ------------------------------------------------------------
@@ -495,9 +428,9 @@ class TableDataModule(LightningDataModule):
         fixed = self.fixed_split_rows(table)
         if self.folds is None:
             return fixed
-        rest, folds = self.fold_assignment(table, fixed)
-        return {"train": rest[folds != self.fold], "val": rest[folds == self.fold],
-                "test": fixed["test"]}
+        from datamodules.folds import fold_split  # only a cross-validation run reads it
+
+        return fold_split(self, table, fixed)
 
     def fixed_split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """The train/val/test split without folds."""
@@ -513,47 +446,9 @@ class TableDataModule(LightningDataModule):
         train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
         return {"train": rest[train], "val": rest[val], "test": test}
 
-    def fold_assignment(self, table: pd.DataFrame, fixed: dict[str, np.ndarray] | None = None
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        """The rows outside the test split (of ``fixed``, the split without folds), and the
-        fold of each (from ``split_seed``)."""
-        assert self.folds is not None
-        if not 0 <= self.fold < self.folds:
-            raise DataError(f"fold {self.fold} does not exist: folds are 0 to {self.folds - 1}")
-        fixed = fixed if fixed is not None else self.fixed_split_rows(table)
-        rest = np.sort(np.concatenate([fixed["train"], fixed["val"]]))
-        labels = self.strata(table)[rest]
-        try:
-            return rest, stratified_folds(labels, self.folds, self.split_seed + 1)
-        except ValueError as error:
-            raise DataError(f"{self.source}: {error} outside the test split") from None
-
-    def fold_table(self) -> pd.DataFrame:
-        """Where each row goes in cross-validation (``row`` in the checked table, its label,
-        ``part``: ``test`` or the number of the fold it validates in); sweep.py saves it."""
-        table, _ = self.table_and_splits()
-        rest, folds = self.fold_assignment(table)
-        part = np.full(len(table), "test", dtype=object)
-        part[rest] = [str(f) for f in folds]
-        return pd.DataFrame({"row": np.arange(len(table)), "stratum": self.strata(table),
-                             "part": part})
-
     def strata(self, table: pd.DataFrame) -> np.ndarray:
         """The group each row is stratified by in splits and folds (see ``split_column``)."""
-        if self.task == "multiclass":
-            return table[self.label_column].map(label_key).to_numpy()
-        if self.task == "multilabel":
-            rows = self.row_labels(table)
-            counts: dict[str, int] = {}
-            for names in rows:
-                for name in names:
-                    counts[name] = counts.get(name, 0) + 1
-            return np.array([min(names, key=lambda n: (counts[n], n)) if names else ""
-                             for names in rows], dtype=object)
-        if self.task == "regression":
-            values = target_values(table, self.label_columns[:1])[:, 0]
-            return quantile_bins(values)
-        return np.zeros(len(table), dtype=int)
+        return self.task_targets.strata(table)
 
     def check_labels_known(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]) -> None:
         """Every label must be one of the model's classes (validation/test labels: classes the
@@ -562,7 +457,8 @@ class TableDataModule(LightningDataModule):
         problems = []
         for split in SPLITS:
             rows = table.iloc[split_rows[split]]
-            for row, names in zip(split_rows[split], self.row_labels(rows), strict=True):
+            for row, names in zip(split_rows[split], self.task_targets.row_labels(rows),
+                                  strict=True):
                 for key in names:
                     if key not in known:
                         what = "in class_names" if self._names_given else "a training class"
@@ -749,88 +645,3 @@ def targets_tensor(targets: np.ndarray | None) -> Tensor | None:
     """Targets as a tensor of their own dtype (int64 classes, float32 values or multi-hot), or
     None where the items are the inputs alone (prediction, task none)."""
     return None if targets is None else torch.as_tensor(targets)
-
-
-def check_task_options(task: str, label_column: str | list[str] | None,
-                       label_delimiter: str | None, mask_column: str | None,
-                       class_names: list[str] | None) -> list[str]:
-    """The label columns the task reads, after checking that the options express the task."""
-    if task not in TASKS:
-        raise DataError(f"task: {task!r} is not one of {', '.join(TASKS)}")
-    columns = [] if label_column is None else (
-        [label_column] if isinstance(label_column, str) else list(label_column))
-    if task in ("segmentation", "none"):
-        if task == "segmentation" and not mask_column:
-            raise DataError("task: segmentation needs mask_column, the column of mask image paths")
-        if task == "segmentation" and not class_names:
-            raise DataError("task: segmentation needs class_names, the class of mask value 0, "
-                            "1, ... (e.g. class_names: [background, cell])")
-        return []
-    if not columns:
-        raise DataError(f"task: {task} needs label_column (use task: none for data without "
-                        "targets)")
-    if task == "multiclass" and len(columns) > 1:
-        raise DataError(f"task: multiclass takes one label_column, got {columns}: a list of 0/1 "
-                        "columns is task: multilabel, of numbers task: regression")
-    if task == "multilabel" and len(columns) == 1 and label_delimiter is None:
-        raise DataError("task: multilabel with one label_column needs label_delimiter (e.g. "
-                        "';' for 'cat;dog'), or give label_column a list of 0/1 columns")
-    if task == "multilabel" and len(columns) > 1 and label_delimiter is not None:
-        raise DataError("task: multilabel: label_delimiter reads one column of names; with a "
-                        "list of 0/1 columns leave it unset")
-    return columns
-
-
-def target_values(rows: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """Regression targets as float32 (rows, columns), as the table holds them."""
-    return np.stack([pd.to_numeric(rows[c], errors="coerce").to_numpy(dtype=np.float32)
-                     for c in columns], axis=1)
-
-
-def target_problems(table: pd.DataFrame, task: str, columns: list[str],
-                    delimiter: str | None) -> list[Problem]:
-    """Rows whose targets the task cannot read: a missing label, a regression target that is
-    not a finite number, a multilabel column value other than 0/1."""
-    problems = []
-    for column in columns:
-        cells = table[column]
-        empty = cells.isna() | (cells.astype(str).str.strip() == "")
-        if task == "multilabel" and delimiter is not None:
-            continue  # an empty cell there is a row without labels
-        for row in np.flatnonzero(empty.to_numpy()):
-            problems.append(Problem(int(row), f"no {'target' if task == 'regression' else 'label'}"
-                                              f" in column {column!r}"))
-        if task == "regression":
-            values = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=float)
-            for row in np.flatnonzero(~np.isfinite(values) & ~empty.to_numpy()):
-                value = plain(cells.iloc[row])
-                problems.append(Problem(int(row), f"target {column!r} is {value!r}, not a "
-                                                  "finite number"))
-        if task == "multilabel":
-            values = pd.to_numeric(cells, errors="coerce")
-            for row in np.flatnonzero((~values.isin([0, 1]) & ~empty).to_numpy()):
-                problems.append(Problem(int(row), f"label column {column!r} is "
-                                                  f"{plain(cells.iloc[row])!r}, not 0 or 1"))
-    return problems
-
-
-def plain(value: Any) -> Any:
-    """A numpy scalar as the Python value it holds, for messages (2, not np.int64(2))."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def check_looks_like_classes(source: str, labels: pd.Series) -> None:
-    """Refuse, under multiclass, a label column that holds a continuous quantity: fractional
-    numbers, or nearly one class per row. Never a silent guess: it names the task to set."""
-    numbers = pd.to_numeric(labels, errors="coerce")
-    if numbers.notna().all():
-        fractional = numbers[(numbers % 1) != 0]
-        if len(fractional):
-            raise DataError(f"{source}: label column {labels.name!r} holds non-integer numbers "
-                            f"(e.g. {plain(fractional.iloc[0])!r}); for a continuous target set "
-                            "task: regression")
-    distinct = labels.map(label_key).nunique()
-    if len(labels) >= MIN_ROWS_FOR_CLASS_CHECK and distinct > MAX_CLASS_SHARE * len(labels):
-        raise DataError(f"{source}: label column {labels.name!r} has {distinct} classes in "
-                        f"{len(labels)} rows, nearly one per row; for a continuous target set "
-                        "task: regression (or give class_names to keep them as classes)")

@@ -26,7 +26,6 @@ from datamodules.validation import (
     Problem,
     check_image_file,
     check_samples_stack,
-    non_finite_feature_problems,
 )
 from errors import DataError
 
@@ -328,3 +327,16 @@ class DataFrameDataModule(TableDataModule):
         if "mean" in state_dict:
             self.mean = np.asarray(state_dict["mean"])
             self.std = np.asarray(state_dict["std"])
+
+
+def non_finite_feature_problems(table: pd.DataFrame, columns: Sequence[str]) -> list[Problem]:
+    """Rows whose feature columns are not numbers, or are NaN / inf."""
+    problems = []
+    for column in columns:
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+        for position in np.flatnonzero(~np.isfinite(values)):
+            raw = table[column].iloc[position]
+            raw = raw.item() if hasattr(raw, "item") else raw  # nan, not np.float64(nan)
+            message = f"feature {column!r} is {raw!r}, not a finite number"
+            problems.append(Problem(int(position), message))
+    return sorted(problems, key=lambda p: p.row)

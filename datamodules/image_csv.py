@@ -35,11 +35,9 @@ from datamodules.validation import (
     Header,
     Problem,
     check_image_files,
-    check_masks,
     check_samples_stack,
     first_problems,
     load_image,
-    load_mask,
     one_process_at_a_time,
 )
 from errors import DataError
@@ -102,6 +100,10 @@ class ImageCSVDataset(Dataset):
         self._files = [str(p) for p in self.paths]  # decode_image takes str: convert once
         self.targets = targets_tensor(targets)
         self.masks = [str(m) for m in masks] if masks is not None else None
+        if masks is not None:  # segmentation: only its runs import the task's mask reader
+            from datamodules.tasks.segmentation import load_mask
+
+            self.load_mask = load_mask
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
         self.seeded = not is_deterministic(transform)  # a deterministic pipeline draws no seed
@@ -120,7 +122,7 @@ class ImageCSVDataset(Dataset):
             # One call on both: a random crop or flip moves the mask with the image (v2 applies
             # geometric transforms to tv_tensors.Mask with nearest interpolation, and leaves
             # masks out of colour, dtype and normalisation steps).
-            mask = tv_tensors.Mask(load_mask(self.masks[index]))
+            mask = tv_tensors.Mask(self.load_mask(self.masks[index]))
             if self.transform is not None:
                 image, mask = call_with_seed(self.transform, image, mask, seed=seed)
             return image, mask.as_subclass(Tensor)
@@ -227,12 +229,6 @@ class ImageCSVDataModule(TableDataModule):
             return None
         return [self.image_root / str(p) for p in table[self.mask_column]]
 
-    def fold_table(self) -> pd.DataFrame:
-        """The base class's fold table with each row's image path."""
-        parts = super().fold_table()
-        parts.insert(1, self.path_column, self.table_and_splits()[0][self.path_column].to_numpy())
-        return parts
-
     @property
     def input_column(self) -> str:
         return self.path_column
@@ -255,6 +251,8 @@ class ImageCSVDataModule(TableDataModule):
             problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
             masks = self.mask_paths(table)
             if masks is not None:
+                from datamodules.tasks.segmentation import check_masks
+
                 bad_rows = {p.row for p in problems}
                 rows = [r for r in range(len(paths)) if r not in bad_rows]
                 issues = check_masks([paths[r] for r in rows], [masks[r] for r in rows],

@@ -38,29 +38,3 @@ def stratified_split(
     held = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=int)
     kept = np.setdiff1d(np.arange(len(labels)), held)
     return kept, held
-
-
-def stratified_folds(labels: Sequence[object], folds: int, seed: int) -> np.ndarray:
-    """The fold (0 .. folds-1) of each row, for k-fold cross-validation.
-
-    Each class's rows are shuffled (from ``seed`` alone), the classes are laid end to end and
-    the rows dealt out to the folds in turn. So every fold holds each class's rows to within
-    one, and the folds' sizes differ by at most one row, which scikit-learn's
-    ``StratifiedKFold`` does not promise. Raises ``ValueError`` when a class has fewer rows
-    than folds (a fold would have none of it to validate on).
-    """
-    if folds < 2:
-        raise ValueError(f"folds must be at least 2, got {folds}")
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(counts) and counts.min() < folds:
-        smallest = classes[counts.argmin()]
-        smallest = smallest.item() if isinstance(smallest, np.generic) else smallest
-        raise ValueError(f"{folds} folds, but class {smallest!r} has only {counts.min()} rows "
-                         "to spread over them")
-    order = np.concatenate([rng.permutation(np.flatnonzero(labels == value))
-                            for value in classes]) if len(classes) else np.array([], dtype=int)
-    assignment = np.empty(len(labels), dtype=int)
-    assignment[order] = np.arange(len(order)) % folds
-    return assignment

@@ -14,13 +14,11 @@ import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image, UnidentifiedImageError
@@ -345,61 +343,3 @@ def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path,
         f"{source}: images would not stack into a batch: {paths[a]} ({header_a[0]}x"
         f"{header_a[1]} {header_a[2]}) becomes {list(shape_a[0])} but {paths[b]} "
         f"({header_b[0]}x{header_b[1]} {header_b[2]}) becomes {list(shape_b[0])}; {fix}")
-
-
-def load_mask(path: str | Path) -> Tensor:
-    """A segmentation mask as int64 (H, W) class indices. Read with PIL, not decode_image: a
-    palette PNG (as in Pascal VOC) must give its palette indices, not the colours they stand
-    for; 8- and 16-bit grayscale give their values."""
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"mask {path} is a {image.mode} image; a mask needs one channel "
-                             "of class indices (a grayscale or palette PNG)")
-        return torch.from_numpy(np.array(image, dtype=np.int64))
-
-
-def check_mask(image_path: Path, mask_path: Path, root: Path, num_classes: int,
-               ignore_index: int | None) -> str | None:
-    """What is wrong with a segmentation mask, or None: missing or outside the root, not one
-    channel, a size other than its image's, or a value that is no class."""
-    problem = check_image_file(mask_path, root, decode=False)
-    if problem:
-        return f"mask: {problem}"
-    try:
-        mask = load_mask(mask_path)
-        with Image.open(image_path) as image:
-            size = image.size
-    except (ValueError, OSError) as error:
-        return str(error)
-    if (mask.shape[1], mask.shape[0]) != size:
-        return (f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{image_path} is {size[0]}x{size[1]}")
-    values = torch.unique(mask)
-    if ignore_index is not None:
-        values = values[values != ignore_index]
-    bad = values[(values < 0) | (values >= num_classes)]
-    if len(bad):
-        return (f"mask {mask_path} has value {int(bad[0])}, outside the {num_classes} classes "
-                "(class_names; ignore_index for unlabelled pixels)")
-    return None
-
-
-def check_masks(images: Sequence[Path], masks: Sequence[Path], root: Path, num_classes: int,
-                ignore_index: int | None) -> list[str | None]:
-    """:func:`check_mask` for many files, on threads; one result per mask, in order."""
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda pair: check_mask(*pair, root, num_classes, ignore_index),
-                             zip(images, masks, strict=True)))
-
-
-def non_finite_feature_problems(table: pd.DataFrame, columns: Sequence[str]) -> list[Problem]:
-    """Rows whose feature columns are not numbers, or are NaN / inf."""
-    problems = []
-    for column in columns:
-        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
-        for position in np.flatnonzero(~np.isfinite(values)):
-            raw = table[column].iloc[position]
-            raw = raw.item() if hasattr(raw, "item") else raw  # nan, not np.float64(nan)
-            message = f"feature {column!r} is {raw!r}, not a finite number"
-            problems.append(Problem(int(position), message))
-    return sorted(problems, key=lambda p: p.row)

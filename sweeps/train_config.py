@@ -147,8 +147,9 @@ def datamodule_from(data: dict[str, Any]) -> Any:
 
 
 def fold_table(config: dict[str, Any], folds: int) -> Any:
-    """The cross-validation folds of the configured data (its ``fold_table``), which also checks
-    that every class has enough rows for the folds."""
+    """The cross-validation folds of the configured data (:func:`datamodules.folds.fold_table`),
+    which also checks that every class has enough rows for the folds."""
+    from datamodules.folds import fold_table as folds_of
     from errors import DataError
 
     data = json.loads(json.dumps(config["data"]))
@@ -156,6 +157,6 @@ def fold_table(config: dict[str, Any], folds: int) -> Any:
     datamodule = datamodule_from(data)
     try:
         datamodule.prepare_data()
-        return datamodule.fold_table()
+        return folds_of(datamodule)
     except DataError as error:
         raise SweepError(f"--folds {folds}: {error}") from None

@@ -23,7 +23,7 @@ import yaml
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from datamodules.splits import stratified_folds
+from datamodules.folds import stratified_folds
 from sweeps.search_space import SearchSpaceError, load_search_space
 from tests.conftest import MY_MODULE, REPO, base_args, run_train_subprocess, start_sweep
 
