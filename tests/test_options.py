@@ -117,3 +117,32 @@ def test_deleting_an_option_leaves_train_py_working(option: str, tmp_path: Path)
         done = subprocess.run([sys.executable, "-c", RUN_WITHOUT_THE_EDITABLE_INSTALL, *args],
                               cwd=project, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, (option, args, done.stderr[-3000:])
+
+
+# Modules a default run must not import: each option's, the other tasks', and those of paths
+# it does not take (a checkpoint given, an error, data chosen on the command line, folds).
+NOT_IN_A_DEFAULT_RUN = {"datamodules.tasks.multilabel", "datamodules.tasks.regression",
+                        "datamodules.tasks.segmentation", "datamodules.folds",
+                        "models.checkpoints", "configs.messages", "configs.task_defaults"}
+LIST_PROJECT_MODULES = RUN_WITHOUT_THE_EDITABLE_INSTALL.replace(
+    'runpy.run_path("train.py", run_name="__main__")',
+    'runpy.run_path("train.py", run_name="__main__")\n'
+    'print("MODULES", " ".join(sorted(sys.modules)))')
+
+
+@pytest.mark.slow
+def test_a_default_run_imports_no_option_and_no_other_task(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(REPO, project, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "logs", "data", "__pycache__", "tests", "*.egg-info"))
+    done = subprocess.run([sys.executable, "-c", LIST_PROJECT_MODULES, "--fast_dev_run", "2",
+                           "--trainer.enable_progress_bar=false"],
+                          cwd=project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (line,) = [row for row in done.stdout.splitlines() if row.startswith("MODULES ")]
+    imported = set(line.split()[1:])
+    assert "datamodules.tasks.multiclass" in imported  # the default run's own task
+    listed = (REPO / "configs" / "default.yaml").read_text()  # options on by default
+    options = {module for files, _ in OPTIONS.values() for module in option_modules(files)
+               if f"{module}." not in listed}
+    assert not imported & (options | NOT_IN_A_DEFAULT_RUN)
