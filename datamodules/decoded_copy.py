@@ -26,11 +26,14 @@ from torch import Tensor
 from datamodules.validation import CheckedFiles, cache_folder
 
 
-def copy_path(table: str, read_mode: str, paths: list[Path]) -> Path | None:
-    """Where the decoded copy of ``paths`` is kept; None when a file cannot be stat'ed."""
+def copy_path(table: str, read_mode: str, paths: list[Path],
+              stamps: dict[Path, list[int]] | None = None) -> Path | None:
+    """Where the decoded copy of ``paths`` is kept; None when a file cannot be stat'ed.
+    ``stamps``: those the check of this run took (each file is stat'ed once a run)."""
     digest = hashlib.sha1()
+    stamps = stamps or {}
     for path in paths:
-        stamp = CheckedFiles.stamp(path)
+        stamp = stamps.get(path) or CheckedFiles.stamp(path)
         if stamp is None:
             return None
         digest.update(f"{path}|{stamp}\n".encode())

@@ -207,6 +207,7 @@ class ImageCSVDataModule(TableDataModule):
         self.cache_max_gb = cache_max_gb
         self._cache: dict[Path, Tensor] = {}
         self._headers: dict[Path, Header] = {}  # size and mode of each checked file
+        self._stamps: dict[Path, list[int]] = {}  # each file's stat when checked (remember)
         self._joined: dict[str, Path] = {}  # image_root / path, per path in the table
         self._preprocessing: dict[str, Any] | None = None
 
@@ -247,7 +248,7 @@ class ImageCSVDataModule(TableDataModule):
             # Headers only where a cache will decode every image anyway, or may (auto).
             decode = self.validate_images == "full" and self.cache_images is False
             issues = check_image_files(paths, self.image_root, decode, self.max_pixels,
-                                       self._headers, remember=self.remember_checks)
+                                       self._headers, self.remember_checks, self._stamps)
             problems = [Problem(row, msg) for row, msg in enumerate(issues) if msg]
             masks = self.mask_paths(table)
             if masks is not None:
@@ -316,7 +317,8 @@ class ImageCSVDataModule(TableDataModule):
         ``remember_checks``, the images of unchanged files (and the errors of those that did
         not decode) come from the copy kept by an earlier run or another rank of this node
         (:mod:`datamodules.decoded_copy`); the ranks take turns, so a node decodes once."""
-        copy = copy_path(self.source, self.read_mode, paths) if self.remember_checks else None
+        copy = (copy_path(self.source, self.read_mode, paths, self._stamps)
+                if self.remember_checks else None)
         if copy is None:
             decoded = self.decode(paths)
         else:

@@ -129,6 +129,7 @@ def check_image_file(
 def check_image_files(
     paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
     headers: dict[Path, Header] | None = None, remember: bool = False,
+    stamps: dict[Path, list[int]] | None = None,
 ) -> list[str | None]:
     """:func:`check_image_file` for many files; one result per path, in order.
 
@@ -137,7 +138,8 @@ def check_image_files(
     PARALLEL_AFTER files on, in forked worker processes, one per CPU (threads would not help:
     resolving, header parsing and decoding hold the GIL, and 4 threads ran 2.6x slower than
     one here). Over PROGRESS_AFTER files, a line every PROGRESS_EVERY seconds says how far it
-    got."""
+    got. ``stamps`` (with ``remember``) gets each file's :meth:`CheckedFiles.stamp`, so that
+    later steps of the same run (the decoded copy's name) need not stat them again."""
     if not remember:
         return check_unrecorded(paths, root, decode, max_pixels, headers, None)
     # The ranks of a node (torchrun starts them together) check one at a time: the first
@@ -146,18 +148,20 @@ def check_image_files(
     with one_process_at_a_time(CheckedFiles.location(root, max_pixels),
                                f"checking the image files under {root}"):
         return check_unrecorded(paths, root, decode, max_pixels, headers,
-                                CheckedFiles(root, max_pixels))
+                                CheckedFiles(root, max_pixels), stamps)
 
 
 def check_unrecorded(paths: Sequence[Path], root: Path, decode: bool, max_pixels: int,
-                     headers: dict[Path, Header] | None, record: CheckedFiles | None
-                     ) -> list[str | None]:
+                     headers: dict[Path, Header] | None, record: CheckedFiles | None,
+                     stamps: dict[Path, list[int]] | None = None) -> list[str | None]:
     """:func:`check_image_files` once the record (if any) is loaded."""
     headers = headers if headers is not None else {}
     results: list[str | None] = [None] * len(paths)
     todo: list[tuple[int, list[int] | None]] = []
     for index, path in enumerate(paths):
         stamp = record.stamp(path) if record is not None else None
+        if stamps is not None and stamp is not None:
+            stamps[path] = stamp
         known = record.passed(path, stamp, decode) if record is not None else None
         if known is not None:
             headers[path] = known

@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 import datamodules.image_csv as image_csv
 from datamodules.image_csv import ImageCSVDataModule
-from datamodules.validation import DataValidationError
+from datamodules.validation import CheckedFiles, DataValidationError
 from errors import DataError
 from tests.conftest import log_lines
 
@@ -201,6 +201,24 @@ def test_the_next_run_loads_the_decoded_images_instead_of_decoding_and_notices_a
 
     ImageCSVDataModule(table, **options, remember_checks=False).setup("fit")
     assert len(decoded) == 90  # nothing remembered: every file decoded
+
+
+def test_each_image_file_is_stated_once_a_run_for_the_record_and_the_decoded_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a network file system a stat is a round trip: a million files stat'ed twice is
+    # minutes before the first step.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    table = make_images(tmp_path, 24, ["a", "b"])
+    stated: list[Path] = []
+    real_stamp = CheckedFiles.stamp
+    monkeypatch.setattr(CheckedFiles, "stamp",
+                        staticmethod(lambda path: stated.append(path) or real_stamp(path)))
+    options = {"read_mode": "GRAY", "num_workers": 0, "cache_images": True}
+    for run in (1, 2):  # the first run checks and decodes, the next finds both remembered
+        ImageCSVDataModule(table, **options).setup("fit")
+        assert len(stated) == 24 * run and len(set(stated)) == 24
+    assert len(list((tmp_path / "cache" / "lightning-template").glob("decoded-*.pt"))) == 1
 
 
 def test_a_broken_file_dropped_by_skip_invalid_is_remembered_with_the_decoded_copy(
