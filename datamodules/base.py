@@ -82,7 +82,8 @@ class TableDataModule(LightningDataModule):
     """Base of the CSV/image-folder and DataFrame datamodules.
 
     Args:
-        task: what the rows are for, and so what the targets are:
+        task: what the rows are for, and so what the targets are (each task's code is in
+            :mod:`datamodules.tasks`):
 
             * ``multiclass``: one ``label_column`` of classes (ints or strings) -> int64 index;
             * ``multilabel``: a list of 0/1 ``label_column`` s, or one column of names joined
@@ -262,7 +263,7 @@ class TableDataModule(LightningDataModule):
         if self._table is None:
             table = self.checked_table()
             split_rows = self.split_rows(table)
-            learned = self.task in ("multiclass", "multilabel")  # classes read from the table
+            learned = self.task_targets.labels_in_rows
             if self._class_names is None and learned:
                 train = table.iloc[split_rows["train"]]
                 self._class_names = sorted_names(

@@ -43,6 +43,7 @@ class NoTargets:
 
     columns: list[str] = []  # the label columns the task reads
     has_classes = False      # whether the model's outputs are named classes (or labels)
+    labels_in_rows = False   # whether the rows name them (row_labels), so they can be learned
 
     def default_class_names(self) -> list[str] | None:
         """The classes known before the table is read (None: learned from the training split)."""

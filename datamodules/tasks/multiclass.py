@@ -19,6 +19,7 @@ MIN_ROWS_FOR_CLASS_CHECK = 20
 
 class Multiclass(NoTargets):
     has_classes = True
+    labels_in_rows = True
 
     def __init__(self, columns: list[str], delimiter: str | None, mask_column: str | None,
                  class_names: list[str] | None) -> None:

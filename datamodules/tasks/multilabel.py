@@ -13,6 +13,7 @@ from errors import DataError
 
 class Multilabel(NoTargets):
     has_classes = True
+    labels_in_rows = True
 
     def __init__(self, columns: list[str], delimiter: str | None, mask_column: str | None,
                  class_names: list[str] | None) -> None:
