@@ -47,6 +47,8 @@ class FeatureDataset(Dataset):
     """Rows of standardised float32 features with their targets, or the features alone
     (``targets`` None: prediction, task none)."""
 
+    ready_in_memory = True  # indexing tensors: the loader needs no workers (base.py)
+
     def __init__(self, features: np.ndarray, targets: np.ndarray | None) -> None:
         self.features = torch.as_tensor(features, dtype=torch.float32)
         self.targets = targets_tensor(targets)

@@ -108,6 +108,8 @@ class ImageCSVDataset(Dataset):
         self.transform = transform
         self.seeded = not is_deterministic(transform)  # a deterministic pipeline draws no seed
         self.cache = cache
+        # Nothing left to read or compute per sample: the loader needs no workers (base.py).
+        self.ready_in_memory = cache is not None and transform is None and masks is None
 
     def __len__(self) -> int:
         return len(self.paths)

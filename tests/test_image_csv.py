@@ -16,6 +16,7 @@ from torchvision.io import write_jpeg, write_png
 from torchvision.transforms import v2
 
 import datamodules.image_csv as image_csv
+from datamodules.base import default_num_workers
 from datamodules.image_csv import ImageCSVDataModule
 from datamodules.validation import CheckedFiles, DataValidationError
 from errors import DataError
@@ -132,6 +133,28 @@ def test_cache_images_auto_caches_what_fits_the_budget_and_says_so(tmp_path: Pat
     never = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=False)
     never.setup("fit")
     assert never.datasets["train"].cache is None
+
+
+def test_loaders_use_no_workers_only_where_the_samples_are_ready_in_memory(
+    tmp_path: Path
+) -> None:
+    table = make_images(tmp_path, 40, ["a", "b"])
+    random_crop = v2.Compose([v2.RandomCrop(4), v2.ToDtype(torch.float32, scale=True)])
+
+    def workers(**options: Any) -> dict[str, int]:
+        data = ImageCSVDataModule(table, read_mode="GRAY", batch_size=8, **options)
+        data.setup("fit")
+        return {split: data._loader(split).num_workers for split in ("train", "val")}
+
+    cpus = default_num_workers()
+    with log_lines() as lines:
+        assert workers() == {"train": 0, "val": 0}  # cached, deterministic: nothing to do
+    assert any("num_workers: null: no loader workers, the samples are ready in memory" in line
+               for line in lines)
+    # Work left per sample: a random crop (train only), or files read each epoch.
+    assert workers(train_transforms=random_crop) == {"train": cpus, "val": 0}
+    assert workers(cache_images=False) == {"train": cpus, "val": cpus}
+    assert workers(num_workers=1) == {"train": 1, "val": 1}  # a set value is kept
 
 
 def test_an_unchanged_folder_is_not_checked_again_and_a_replaced_file_is(
