@@ -34,6 +34,7 @@ def only_run_dir(logs: Path) -> Path:
 
 
 # -- TensorBoard: scalars, pictures, hparams; summary; checkpoint contents -------------------
+@pytest.mark.slow
 def test_tensorboard_has_scalars_pictures_and_hparams_and_summary_has_throughput(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -301,6 +301,7 @@ def test_a_new_run_starts_from_another_runs_weights_and_says_what_matched(
     assert "left as initialised: " + ", ".join(left[:3]) in line
 
 
+@pytest.mark.slow
 def test_the_summary_names_last_ckpt_when_the_best_epoch_is_the_first(
     run_dir: Path, digits_root: Path
 ) -> None:

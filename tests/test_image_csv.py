@@ -441,6 +441,7 @@ def test_bad_tables_are_refused_with_a_message_naming_the_problem(
     assert expected in str(error.value)
 
 
+@pytest.mark.slow
 def test_string_labels_round_trip_through_a_checkpoint(run_dir: Path) -> None:
     import train
     from models.classifier import ImageClassifier

@@ -70,6 +70,7 @@ def test_unknown_torchvision_name_is_refused_with_suggestions() -> None:
 
 
 # -- plug-ins: a backbone with one YAML change, Lightning's BoringModel ---------------------
+@pytest.mark.slow
 def test_backbone_from_outside_the_repo_trains_with_one_yaml_change(
     run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -125,6 +126,7 @@ def test_lightnings_boring_model_trains_and_tests_through_train_py(run_dir: Path
 
 
 # -- transfer learning ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_weights_file_loads_into_a_grayscale_backbone_with_a_new_head(tmp_path: Path) -> None:
     state = save_torchvision_weights(tmp_path / "r18.pth")
 
@@ -263,6 +265,7 @@ class RecordSmallCNN(Callback):
         })
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_joins_at_the_unfreeze_in_a_group_without_weight_decay(
     tmp_path: Path,
 ) -> None:
@@ -390,6 +393,7 @@ def test_channels_last_keeps_the_outputs_and_stores_weights_nhwc() -> None:
         assert torch.allclose(nhwc(batch), plain(batch), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_backbone_keeps_outputs_and_checkpoint_keys() -> None:
     torch.manual_seed(0)
     plain = ImageClassifier(SmallCNN, num_classes=10).eval()

@@ -120,6 +120,7 @@ def check_predictions(table: pd.DataFrame, run: Trained) -> None:
     assert list(table["label"]) == list(argmax)
 
 
+@pytest.mark.slow
 def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -157,6 +158,7 @@ def test_predict_writes_one_row_per_readable_image_and_reports_the_unreadable(
     assert str(trained.predict_dir) not in (run_dir / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_testing_a_runs_checkpoint_keeps_the_runs_config_and_summary(
     trained: Trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,6 +176,7 @@ def test_testing_a_runs_checkpoint_keeps_the_runs_config_and_summary(
     assert "test/acc" in tested["metrics"]
 
 
+@pytest.mark.slow
 def test_predict_from_a_table_keeps_its_row_order_and_relative_paths(
     trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -238,7 +241,7 @@ def test_predict_on_two_processes_writes_each_input_once(trained: Trained, tmp_p
                                atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.slow), "torchscript"])
 def test_export_matches_the_lightning_model_and_describes_its_input(
     trained: Trained, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

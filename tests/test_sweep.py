@@ -150,6 +150,7 @@ def readme_search_space() -> str:
     return text[start:text.index("```", start)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["docs/sweeps.md", "configs/search/digits.yaml"])
 def test_the_shipped_search_spaces_pass_train_py_s_parser(
         run_dir: Path, digits_root: Path, source: str) -> None:

@@ -31,6 +31,7 @@ def only_run_dir(logs: Path, name: str = "digits") -> Path:
     return runs[0]
 
 
+@pytest.mark.slow
 def test_no_subcommand_fits_then_tests_best_checkpoint_and_prints_summary(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -173,6 +174,7 @@ def test_resume_with_a_longer_schedule_is_refused_with_advice(
     assert sorted((logs / "digits" / "version_0" / "checkpoints").iterdir()) == checkpoints
 
 
+@pytest.mark.slow
 def test_lightning_module_from_outside_the_repo_trains_by_class_path(
     run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -280,6 +282,7 @@ def test_choosing_your_own_data_inherits_none_of_the_digits_settings(
     assert config["trainer"]["logger"]["init_args"]["name"] != "digits"
 
 
+@pytest.mark.slow
 def test_what_every_run_does_is_in_the_printed_config_and_can_be_removed(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -59,6 +59,7 @@ def test_a_trainer_value_lightning_refuses_is_one_line(
     assert not (run_dir / "logs").exists()
 
 
+@pytest.mark.slow
 def test_a_log_folder_that_cannot_be_written_is_one_line_naming_it(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -85,6 +86,7 @@ class FullDisk(io.RawIOBase):
         return len(data)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial_file(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -102,6 +104,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_partial
     assert not list(checkpoints.glob("*")), "a partial or claimed-resumable file was left"
 
 
+@pytest.mark.slow
 def test_a_last_training_batch_of_one_under_batchnorm_is_left_out_saying_so(
     run_dir: Path,
 ) -> None:

@@ -159,6 +159,7 @@ _init_dist_connection(LightningEnvironment(), "gloo", global_rank=0, world_size=
 """
 
 
+@pytest.mark.slow
 def test_lightning_leaves_a_gloo_process_group_alive_at_exit(tmp_path: Path) -> None:
     """destroy_the_process_group: needed while Lightning destroys the process group at exit for
     NCCL only, and leaves gloo's alive into interpreter finalization."""
