@@ -1,6 +1,6 @@
 """Augmentations of a whole batch with random parameters per image (a v2 random transform draws
-one set per call, so on a batch it moves every image the same way). On small images they are an
-order of magnitude faster than per-image calls, and run on the GPU when the batch is there."""
+one set per call, moving every image of a batch the same way): on small images an order of
+magnitude faster than per-image calls, and on the GPU when the batch is there."""
 
 from __future__ import annotations
 

@@ -60,9 +60,10 @@ def is_deterministic(transform: Any) -> bool:
 
 def readable(size: float) -> str:
     """A byte count for a message: ``1.4 KB``, ``250.9 MB``, ``4.0 GB``."""
-    unit, scale = next((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3))
-                       if size >= s or u == "KB")
-    return f"{size / scale:.1f} {unit}"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size / 1e3:.1f} KB"
 
 
 class ImageCSVDataset(Dataset):
@@ -70,15 +71,10 @@ class ImageCSVDataset(Dataset):
     (segmentation), or the image alone (prediction, task none). With ``cache`` (decoded uint8
     images per path: a list, or one ``N x C x H x W`` tensor) no file is opened."""
 
-    def __init__(
-        self,
-        paths: Sequence[Path | str],
-        targets: np.ndarray | None = None,
-        read_mode: ReadMode = "RGB",
-        transform: Callable[..., Any] | None = None,
-        cache: Sequence[Tensor] | Tensor | None = None,
-        masks: Sequence[Path | str] | None = None,
-    ) -> None:
+    def __init__(self, paths: Sequence[Path | str], targets: np.ndarray | None = None,
+                 read_mode: ReadMode = "RGB", transform: Callable[..., Any] | None = None,
+                 cache: Sequence[Tensor] | Tensor | None = None,
+                 masks: Sequence[Path | str] | None = None) -> None:
         self.paths = [p if isinstance(p, Path) else Path(p) for p in paths]  # no re-parsing
         self._files = [str(p) for p in self.paths]  # decode_image takes str: converted once
         self.targets = targets_tensor(targets)
@@ -120,8 +116,7 @@ class ImageCSVDataModule(TableDataModule):
 
     Args:
         annotations: table with one row per image (``.csv``, ``.tsv``, ``.parquet``, ``.json``).
-        image_root: folder the paths are relative to (default: the table's); paths resolving
-            outside it are refused.
+        image_root: folder the paths are relative to (default: the table's); none may leave it.
         path_column: column with the image paths.
         read_mode: ``GRAY`` (1 channel), ``RGB`` (3) or ``UNCHANGED`` (as stored), as uint8.
         train_transforms / eval_transforms: ``torchvision.transforms.v2`` pipelines on uint8
@@ -130,15 +125,14 @@ class ImageCSVDataModule(TableDataModule):
             file exists, is an image and its size, ``off`` checks nothing.
         max_pixels: images whose header claims more pixels are refused (decompression bombs).
         remember_checks: record which files passed (``~/.cache/lightning-template/``) and check
-            only new or changed ones next time; with ``cache_images``, keep the decoded images
-            there too, for the next run and the other ranks of the node.
+            only changed ones next time; with ``cache_images``, keep the decoded images there.
         cache_images: decode every image once into memory (deterministic per-image transforms
-            run once, into the cache); ``auto``: when it fits ``cache_max_gb`` and a quarter of
-            the machine's memory per process, said in one line.
+            run once, into the cache); ``auto``: if it fits ``cache_max_gb`` and a quarter of
+            the memory per process, said in one line.
         cache_max_gb: the most a cache may take; ``true`` is refused (with the size) above it.
-        predict_path: what ``predict`` runs on: a folder (its image files, recursively, sorted)
-            or a table whose ``path_column`` lists them, relative to ``image_root`` if given,
-            else to the table's folder. Unreadable images are reported and skipped.
+        predict_path: what ``predict`` runs on: a folder of images (recursively) or a table
+            whose ``path_column`` lists them (relative to ``image_root`` if given, else to the
+            table's folder); unreadable images are reported and skipped.
         **kwargs: options of :class:`~datamodules.base.TableDataModule`.
     """
 
@@ -242,7 +236,9 @@ class ImageCSVDataModule(TableDataModule):
                                              self.ignore_index))
         good = [paths[r] for r in rows]
         if self.cache_images == "auto":
-            self.cache_images = self.cache_decision(good)
+            from datamodules.cache_budget import cache_decision
+
+            self.cache_images = cache_decision(self, good)
             if not self.cache_images and self.validate_images == "full":
                 add(rows, check_image_files(good, self.image_root, True, self.max_pixels,
                                             remember=self.remember_checks))
@@ -276,22 +272,6 @@ class ImageCSVDataModule(TableDataModule):
             for t in (self.train_transforms, self.eval_transforms))
         return needed * (4 if floats else 1)
 
-    def cache_decision(self, paths: list[Path]) -> bool:
-        """``cache_images: auto``: whether the decoded images fit the smaller of
-        ``cache_max_gb`` and a quarter of this machine's memory per process; said in one line."""
-        needed, budget = self.cached_bytes(paths), self.cache_max_gb * 1e9
-        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        with contextlib.suppress(ValueError, OSError, AttributeError):  # no sysconf: Windows
-            budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
-                         / processes)
-        cache = needed <= budget
-        rank_zero_info(f"{self.source}: cache_images: auto: "
-                       f"{'caching' if cache else 'not caching'} {len(paths)} images "
-                       f"({readable(needed)} decoded, {'within' if cache else 'over'} the "
-                       f"{readable(budget)} budget)"
-                       + ("" if cache else "; set cache_images: true to force it"))
-        return cache
-
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         """Decode every image once, in this (main) process; workers share the tensors. With
         ``remember_checks``, unchanged files come from the copy an earlier run or another rank
@@ -300,20 +280,16 @@ class ImageCSVDataModule(TableDataModule):
                 if self.remember_checks else None)
         with (one_process_at_a_time(lock_of(copy), f"decoding the images of {self.source}")
               if copy is not None else contextlib.nullcontext()):
-            decoded = load_copy(copy, len(paths)) if copy is not None and copy.is_file() else None
+            decoded = load_copy(copy, len(paths)) if copy is not None else None
             if decoded is None:
                 decoded = self.decode(paths)
                 if copy is not None and save_copy(copy, decoded):
                     size = sum(i.nbytes for i in decoded if isinstance(i, Tensor))
                     rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
                                    f"({readable(size)}) for the next run (remember_checks)")
-        problems = []
-        for row, path, image in zip(rows, paths, decoded, strict=True):
-            if isinstance(image, str):
-                problems.append(Problem(row, image))
-            else:
-                self._cache[path] = image
-        return problems
+        self._cache.update((p, i) for p, i in zip(paths, decoded, strict=True)
+                           if isinstance(i, Tensor))
+        return [Problem(row, i) for row, i in zip(rows, decoded, strict=True) if isinstance(i, str)]
 
     def decode(self, paths: list[Path]) -> list[Tensor | str]:
         """Each file's image, or why it cannot be read."""
@@ -384,34 +360,9 @@ class ImageCSVDataModule(TableDataModule):
         return predict_dataset(self)
 
     def preprocessing(self) -> dict[str, Any] | None:
-        """How a file becomes the model's input, for models exported without this code: read
-        mode, input shape after the eval transforms (per image and batch) and normalisation.
-        Saved in checkpoints by :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`;
-        None before setup."""
-        if self._preprocessing is not None:
-            return self._preprocessing
-        # Not the training set: its random crops need not give the eval size.
-        dataset = next((self.datasets[s] for s in ("val", "test", "predict")
-                        if s in self.datasets and len(self.datasets[s])), None)
-        if dataset is None:
-            return None
-        try:
-            item = dataset[0]  # (image, target), or the image alone (predict, task none)
-            batch = (item[0] if isinstance(item, tuple) else item).unsqueeze(0)
-            if self.eval_batch_transforms is not None:
-                batch = self.eval_batch_transforms(batch)
-        except (RuntimeError, OSError) as error:  # never stop a checkpoint from being saved
-            log.warning("input shape for export metadata unknown: %s", error)
-            return None
-        steps = [t for top in (self.eval_transforms, self.eval_batch_transforms)
-                 for t in flatten_transforms(top)]
-        normalize = [t for t in steps if isinstance(t, v2.Normalize)]
-        self._preprocessing = {
-            "read_mode": self.read_mode,
-            "input_shape": list(batch.shape[1:]),
-            "input_dtype": str(batch.dtype).removeprefix("torch."),
-            "mean": [float(m) for m in normalize[-1].mean] if normalize else None,
-            "std": [float(s) for s in normalize[-1].std] if normalize else None,
-            "eval_transforms": [repr(t) for t in steps],
-        }
+        """How a file becomes the model's input, for exported models; None before setup."""
+        if self._preprocessing is None:
+            from datamodules.image_export import preprocessing  # saving a checkpoint only
+
+            self._preprocessing = preprocessing(self)
         return self._preprocessing

@@ -127,14 +127,13 @@ def check_image_files(
     turns, so the first checks and the others find its record. ``stamps`` gets each file's
     stamp, so later steps of the run (the decoded copy's name) need not stat it again."""
     headers = headers if headers is not None else {}
-    with contextlib.ExitStack() as stack:
-        record = None
+    record = None
+    with (one_process_at_a_time(CheckedFiles.location(root, max_pixels),
+                                f"checking the image files under {root}")
+          if remember else contextlib.nullcontext()):
         if remember:
-            stack.enter_context(one_process_at_a_time(
-                CheckedFiles.location(root, max_pixels), f"checking the image files under {root}"))
             record = CheckedFiles(root, max_pixels)
-        results: list[str | None] = [None] * len(paths)
-        todo: list[tuple[int, list[int] | None]] = []
+        todo: list[tuple[int, list[int] | None]] = []  # (index, stamp) of files to open
         for index, path in enumerate(paths):
             stamp = record.stamp(path) if record is not None else None
             known = record.passed(path, stamp, decode) if record is not None else None
@@ -151,6 +150,7 @@ def check_image_files(
             from datamodules.many_files import check_many
 
             checked = check_many(unknown, root, decode, max_pixels, CHUNK)
+        results: list[str | None] = [None] * len(paths)
         for (index, stamp), (problem, header) in zip(todo, checked, strict=True):
             results[index] = problem
             if header is not None:
