@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from errors import DataError
 
@@ -48,6 +48,22 @@ def check_ckpt_path(config: Any, stage: str, configured_model: str | None) -> No
                                                      *package_of(data)])
     if stage == "fit":
         refuse_resuming_another_run(checkpoint, ckpt_path, config)
+
+
+def use_checkpoint(config: Any, stage: str | None, configured_model: str | None) -> None:
+    """What train.py does once LightningCLI has put the checkpoint's model into the config:
+    says so where it replaced the configured one; ``predict`` takes the classes from it."""
+    ckpt_path = config.get("ckpt_path")
+    used = (config.get("model") or {}).get("class_path")
+    if configured_model and used and used != configured_model:
+        rank_zero_info(f"{stage}: the checkpoint holds a {used}; it is used instead of the "
+                       f"configured {configured_model}")
+    if stage == "predict":
+        if not ckpt_path:
+            raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
+        names = class_names_in(ckpt_path)  # not the classes of the data to predict
+        if names and "class_names" in (config.data.get("init_args") or {}):
+            config.data.init_args.class_names = names
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
