@@ -1,10 +1,5 @@
 """How train.py reads the command line: the default config chain, short options, and errors in
-one line (their messages: ``configs.messages``, imported only on an error).
-
-``default.yaml`` always loads first; ``digits.yaml`` (the default data and model) only when the
-command does not choose its own data, so other data never inherits the digits' settings
-(jsonargparse keeps the init_args a new class_path shares with the old one).
-"""
+one line (their messages: ``configs.messages``, imported only on an error)."""
 
 from __future__ import annotations
 
@@ -23,8 +18,8 @@ FOLDER = Path(__file__).resolve().parent
 
 
 def default_config_files(argv: list[str], stage: str) -> list[str]:
-    """``default.yaml``; ``digits.yaml`` unless ``argv`` chooses its own data; ``predict.yaml``
-    (the predictions writer) for ``predict``."""
+    """``default.yaml``; ``digits.yaml`` (the default data and model) unless ``argv`` chooses its
+    own data, which must not inherit the digits' init_args; ``predict.yaml`` for ``predict``."""
     names = ["default", *([] if chooses_data(argv) else ["digits"]),
              *(["predict"] if stage == "predict" else [])]
     return [str(FOLDER / f"{name}.yaml") for name in names]
@@ -55,9 +50,8 @@ def config_files_in(argv: list[str]) -> list[str]:
     return files
 
 
-# Short options, rewritten to the full key before parsing: true synonyms, so --print_config, the
-# saved config and configs see only the full key (a jsonargparse link would forbid setting
-# trainer.devices in a config).
+# Short options, rewritten to the full key before parsing: --print_config, the saved config and
+# configs see only the full key (a jsonargparse link would forbid trainer.devices in a config).
 ALIASES = {**{f"--{name}": f"--trainer.{name}" for name in (
     "devices", "num_nodes", "max_epochs", "max_steps", "precision", "accelerator", "strategy",
     "fast_dev_run")}, "--seed": "--seed_everything"}

@@ -1,7 +1,7 @@
 """Reading ``--ckpt_path``: which file ``last`` means, one line for a file that is not a
 checkpoint, a refusal, before anything is imported, of one that names code outside what the
 run trusts, and the classes a checkpoint was trained on. ``train.py`` imports this module only
-when a command gives a checkpoint.
+when a command gives a checkpoint or predicts.
 
 Why: ``torch.load(weights_only=True)`` runs no code, but what the file *names* does. A
 checkpoint of LightningCLI stores the model's class (``_class_path``), the nested ``class_path``

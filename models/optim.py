@@ -44,15 +44,7 @@ def optimizers_from_config(
     built = optimizer(groups)
     if scheduler is None:
         return built
-    length = {}
-    if unset_argument(scheduler, "total_steps"):
-        trainer = module.trainer
-        total = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
-        if total is None or total == float("inf") or total < 1:
-            name = getattr(_target_class(scheduler), "__name__", "The scheduler")
-            raise ValueError(f"{name} needs a finite number of steps but training length is "
-                             f"{total}: set trainer.max_epochs or trainer.max_steps.")
-        length = {"total_steps": int(total)}
+    length = _total_steps(module, scheduler, interval)
     schedule = scheduler(built, **length)
     if length:
         _EXPECTED_TOTAL[schedule] = length["total_steps"]
@@ -110,10 +102,18 @@ def unset_argument(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def _target_class(factory: Callable[..., Any]) -> type | None:
-    """The class behind a config callable: itself, or what jsonargparse's partial wraps (as
-    ``func``, or among ``args`` in jsonargparse >= 4.40)."""
-    if isinstance(factory, type):
-        return factory
-    candidates = [getattr(factory, "func", None), *getattr(factory, "args", ())]
-    return next((c for c in candidates if isinstance(c, type)), None)
+def _total_steps(module: LightningModule, factory: Callable[..., Any],
+                 interval: str) -> dict[str, int]:
+    """``total_steps`` from the trainer, for a schedule that takes it and was not given it."""
+    if not unset_argument(factory, "total_steps"):
+        return {}
+    trainer = module.trainer
+    total = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
+    if total is None or total == float("inf") or total < 1:
+        # The class behind jsonargparse's partial: its ``func``, or in ``args`` (>= 4.40).
+        wrapped = [factory] if isinstance(factory, type) else [
+            getattr(factory, "func", None), *getattr(factory, "args", ())]
+        name = next((c.__name__ for c in wrapped if isinstance(c, type)), "The scheduler")
+        raise ValueError(f"{name} needs a finite number of steps but training length is "
+                         f"{total}: set trainer.max_epochs or trainer.max_steps.")
+    return {"total_steps": int(total)}
