@@ -1,17 +1,12 @@
 """Train, validate, test or predict any LightningModule + LightningDataModule from YAML.
 
     python train.py                          # fit the digits, then test the best checkpoint
-    python train.py --devices 2              # the same as real 2-process DDP
     python train.py --config configs/x.yaml  # compose configs (later files win)
     python train.py fit|validate|test|predict ...   # one stage, LightningCLI style
     python train.py --ckpt_path last         # resume the newest run of this logger name
-    python train.py predict --ckpt_path C --data.init_args.predict_path DIR   # -> predictions.csv
 
-Configuration is LightningCLI (jsonargparse): every ``__init__`` argument of the model, the
-datamodule, the Trainer and the callbacks is an option; ``--print_config`` shows what a run
-does. The default config chain, before any ``--config``: ``configs/default.yaml``; then
-``configs/digits.yaml`` unless the command chooses its own data (``--data CLASS``, or a
-``--config`` whose ``data:`` names a class); then, for ``predict`` only, ``configs/predict.yaml``.
+Every ``__init__`` argument of the model, data, Trainer and callbacks is an option (``--help``,
+``--print_config``); the default configs: ``configs/__init__.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +15,6 @@ import inspect
 import sys
 from typing import Any
 
-import lightning.pytorch
-from jsonargparse import ActionConfigFile
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -34,14 +27,8 @@ import workarounds
 from callbacks.checkpoint import Checkpoint
 from errors import DataError
 
-# What only some commands need is imported where they need it, so a default run reads none of
-# it: check.py (`train.py check`), models.checkpoints (a command given --ckpt_path),
-# configs.task_defaults (a command that chooses its own data), configs.messages (an error the
-# user can fix, told in one line).
-
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-# What the model's __init__ gets from the datamodule (data attribute, model argument), where
-# the model takes that argument: the task, the outputs and the input size the data knows.
+# What the model's __init__ gets from the datamodule, where it takes it: (data attribute, argument).
 LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "class_names"),
          ("num_outputs", "num_outputs"), ("target_names", "target_names"),
          ("target_mean", "target_mean"), ("target_std", "target_std"),
@@ -50,28 +37,20 @@ LINKS = (("task", "task"), ("num_classes", "num_classes"), ("class_names", "clas
 
 
 class TemplateCLI(LightningCLI):
-    """LightningCLI plus: the checkpoint callback as a config section, what the model needs to
-    know about the data handed to it, and ``--ckpt_path last``."""
+    """LightningCLI plus the checkpoint callback as a config section, the links from the data
+    to the model, errors in one line and ``--ckpt_path last``."""
 
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        # LightningCLI's own, with errors in one line (LightningCLI's parser_class argument).
-        kwargs.setdefault("dump_header", [f"lightning.pytorch=={lightning.pytorch.__version__}"])
-        parser = configs.OneLineErrorParser(**kwargs)
-        parser.add_argument("-c", "--config", action=ActionConfigFile,
-                            help="Path to a configuration file in json or yaml format.")
-        return parser
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{"parser_class": configs.OneLineErrorParser, **kwargs})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
-        # Into any model whose __init__ takes them (ImageClassifier passes in_features on to its
-        # backbone); skipped where it does not.
-        for source, target in LINKS:
+        for source, target in LINKS:  # skipped for a model whose __init__ lacks the argument
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}",
                                   apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # LightningCLI's own version warns when it gets both an argv list and sys.argv, which
-        # main() always gives it (it inserts the subcommand).
+        # LightningCLI's own warns when given both an argv list and sys.argv.
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
@@ -83,20 +62,10 @@ class TemplateCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        ckpt_path = config.get("ckpt_path")
-        used = (config.get("model") or {}).get("class_path")
-        if self.configured_model and used and used != self.configured_model:
-            rank_zero_info(f"{self.subcommand}: the checkpoint holds a {used}; it is used "
-                           f"instead of the configured {self.configured_model}")
-        if self.subcommand == "predict":
-            if not ckpt_path:
-                raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
-            # The classes come from the checkpoint, not from the data to predict.
-            from models.checkpoints import class_names_in
+        if config.get("ckpt_path") or self.subcommand == "predict":
+            from models.checkpoints import use_checkpoint
 
-            names = class_names_in(ckpt_path)
-            if names and "class_names" in (config.data.get("init_args") or {}):
-                config.data.init_args.class_names = names
+            use_checkpoint(config, self.subcommand, self.configured_model)
 
     def after_instantiate_classes(self) -> None:
         required = inspect.signature(type(self.model).__init__).parameters
@@ -119,22 +88,17 @@ class TemplateCLI(LightningCLI):
 
 
 def prepared(argv: list[str], stage: str) -> tuple[list[str], dict[str, Any]]:
-    """``argv`` with its aliases expanded (and the default model for data that names a task),
-    and the parser's defaults: the config chain for ``stage``. Exits with one line for a
-    config file that is not valid YAML."""
+    """``argv`` with its aliases expanded (and the task's model for data that chooses no model),
+    and the parser's defaults: the config chain for ``stage``."""
     argv = configs.expand_aliases(argv)
-    bad_yaml = configs.yaml_syntax_error(argv)
-    if bad_yaml:
-        sys.stderr.write(f"train.py: error: {bad_yaml}\n")
-        sys.exit(2)
-    if configs.chooses_data(argv):  # no digits.yaml: the model follows the data's task
-        from configs.task_defaults import NoDefaultModel, with_default_model
+    if configs.config_files_in(argv):
+        from configs.messages import check_yaml_syntax
 
-        try:
-            argv = with_default_model(argv)
-        except NoDefaultModel as error:
-            sys.stderr.write(f"train.py: error: {error}\n")
-            sys.exit(2)
+        check_yaml_syntax(argv)
+    if configs.chooses_data(argv):  # no digits.yaml: the model follows the data's task
+        from configs.task_defaults import with_default_model
+
+        argv = with_default_model(argv)
     return argv, {"default_config_files": configs.default_config_files(argv, stage),
                   "epilog": configs.ALIAS_HELP}
 
@@ -146,24 +110,19 @@ def main(args: list[str] | None = None) -> TemplateCLI:
         from check import main as check_main
 
         sys.exit(check_main(argv[1:]))
-    # Without a subcommand: fit, then test the best checkpoint. DDP re-executes this script
-    # with the same argv, so every rank takes the same decision.
+    # No subcommand: fit, then test the best checkpoint (every DDP rank re-runs this argv).
     fit_then_test = not argv or argv[0] not in SUBCOMMANDS
-    if fit_then_test:
-        argv.insert(0, "fit")
+    argv = ["fit", *argv] if fit_then_test else argv
     stage = argv[0]
     argv, defaults = prepared(argv, stage)
     try:
         cli = TemplateCLI(
-            args=argv,
-            parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
-            # Predict saves no config. validate/test on a run's checkpoint log into that run's
-            # folder: their config goes to <stage>_config.yaml, the fit's config.yaml stays.
+            args=argv, parser_kwargs={sub: defaults for sub in SUBCOMMANDS},
+            # validate/test on a run's checkpoint write <stage>_config.yaml into its folder.
             save_config_kwargs={"overwrite": True, "config_filename": "config.yaml"
                                 if stage == "fit" else f"{stage}_config.yaml"},
             save_config_callback=None if stage == "predict" else SaveConfigCallback,
-            seed_everything_default=0, auto_configure_optimizers=False,
-        )
+            seed_everything_default=0, auto_configure_optimizers=False)
         trainer, model = cli.trainer, cli.model
         if fit_then_test and trainer.state.finished and not trainer.interrupted:
             if is_overridden("test_step", model):
@@ -172,24 +131,19 @@ def main(args: list[str] | None = None) -> TemplateCLI:
             else:
                 rank_zero_info(f"Testing skipped: {type(model).__name__} has no test_step.")
     except SIGTERMException:
-        # Pre-empted: Lightning finished the batch, the checkpoint callback saved last.ckpt.
-        # Exit 143 (128 + SIGTERM) like a killed process, so a scheduler requeues the job.
+        # Pre-empted: the checkpoint callback saved last.ckpt. Exit 143 (128 + SIGTERM) like a
+        # killed process, so a scheduler requeues the job.
         sys.stderr.write("train.py: stopped by SIGTERM; resume with --ckpt_path last\n")
         sys.exit(143)
     except Exception as error:
-        # What the user can fix (bad data or options, a refused write, a NaN loss), found before
-        # or during the run: one line naming the file, row or option, and an exit status. Any
-        # other error is a bug and keeps its traceback.
+        # What the user can fix ends in one line and an exit status; a bug keeps its traceback.
         from configs.messages import one_line_for
 
         known = one_line_for(error)
         if known is None:
             raise
-        sys.stderr.write(f"train.py: error: {known[0]}\n")
-        sys.exit(known[1])
-    for callback in trainer.callbacks:
-        # Once the whole command (fit, then test) is done, after the last progress bar: the
-        # callbacks with something to say (RunSummary's table, where predictions went).
+        configs.fail(*known)
+    for callback in trainer.callbacks:  # after the last progress bar: RunSummary's table, ...
         if callable(getattr(callback, "report", None)):
             callback.report(trainer)
     workarounds.destroy_the_process_group()

@@ -1,7 +1,5 @@
-"""Workarounds for upstream behaviour, in one place. Each names what it works around and has a
-test in ``tests/test_workarounds.py`` that fails once it is no longer needed; delete both then.
-``train.py`` applies them with :func:`apply`.
-"""
+"""Workarounds for upstream behaviour. Each says what it works around; its test in
+``tests/test_workarounds.py`` fails once upstream changes: delete both then."""
 
 from __future__ import annotations
 
@@ -24,20 +22,13 @@ def apply() -> None:
 
 
 def drop_link_values_the_model_does_not_take(model: Any, linked: tuple[str, ...]) -> None:
-    """Keep only the linked hyperparameters the model's ``__init__`` takes.
-
-    Works around: LightningCLI records every ``apply_on="instantiate"`` link aimed at the model
-    in its saved hyperparameters (``_InstantiatorFn``), also the links jsonargparse skipped
-    because the class has no such argument. A module without ``class_names`` then has
-    ``class_names`` in its checkpoint, and ``predict --ckpt_path`` (LightningCLI parses the
-    checkpoint's hyperparameters) or ``load_from_checkpoint`` call it with an argument it does
-    not take.
-    """
+    """LightningCLI records every ``apply_on="instantiate"`` link in the model's saved
+    hyperparameters (``_InstantiatorFn``), also those jsonargparse skipped because ``__init__``
+    lacks the argument; ``predict --ckpt_path`` and ``load_from_checkpoint`` would then pass
+    it an argument it does not take. Keep only the linked ones ``__init__`` takes."""
     hparams = getattr(model, "hparams", None)
-    if not hparams:
-        return
     parameters = inspect.signature(type(model).__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+    if not hparams or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return
     for key in linked:
         if key in hparams and key not in parameters:
@@ -45,15 +36,10 @@ def drop_link_values_the_model_does_not_take(model: Any, linked: tuple[str, ...]
 
 
 def destroy_the_process_group() -> None:
-    """End the command the way PyTorch asks every process to: destroy the process group.
-
-    Works around: Lightning registers that for the end of the process with NCCL only
-    (``lightning.fabric.utilities.distributed``). With gloo (CPU DDP) a rank that exits with
-    the group alive can abort in interpreter finalization, "terminate called without an active
-    exception" (Gloo's worker threads still hold tensors; pytorch/pytorch#179291), and torchrun
-    then reports a run that finished as failed: seen on a loaded 2-core machine. Called after a
-    command succeeded only: a rank that failed may leave others inside a collective.
-    """
+    """Lightning destroys the process group at exit for NCCL only: with gloo (CPU DDP) a rank
+    can abort in interpreter finalization ("terminate called without an active exception",
+    pytorch/pytorch#179291) and torchrun reports the finished run as failed. Called after a
+    command succeeded only: a failed rank may leave others inside a collective."""
     import torch.distributed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -61,16 +47,13 @@ def destroy_the_process_group() -> None:
 
 
 def read_whole_numbers_as_batch_counts() -> None:
-    """``--trainer.limit_train_batches=1`` must mean one batch, not 100 % of them.
+    """``--trainer.limit_train_batches=1`` must mean one batch, not 100 %.
 
-    Works around: jsonargparse tries a union's members in order, and ``typing`` caches unions
-    whose members compare equal in any order. The Trainer annotates ``limit_*_batches``,
-    ``overfit_batches`` and ``val_check_interval`` ``Union[int, float]`` (int: batches, float:
-    a fraction), but where some other import built ``Union[float, int]`` first (seen with torch
-    2.11 on Python 3.12), that cached, float-first union is the Trainer's annotation and 1
-    parses as 1.0, every batch. Every Trainer annotation holding int and float is rebuilt with
-    int first (``int | float`` unions are not cached); for options where both mean the same,
-    e.g. ``gradient_clip_val``, that changes nothing.
+    jsonargparse tries a union's members in order, and ``typing`` caches unions equal in any
+    order: where another import built ``Union[float, int]`` first (torch 2.11, Python 3.12),
+    the Trainer's ``Union[int, float]`` hints (``limit_*_batches``, ``overfit_batches``,
+    ``val_check_interval``) are that float-first union and 1 parses as 1.0. Every Trainer hint
+    holding int and float is rebuilt int first (``int | float`` is not cached).
     """
     # One dict: functools.wraps gives the Trainer's env-defaults wrapper the same object.
     annotations = inspect.unwrap(Trainer.__init__).__annotations__
@@ -78,16 +61,15 @@ def read_whole_numbers_as_batch_counts() -> None:
         members = typing.get_args(hint)
         if (typing.get_origin(hint) in (typing.Union, types.UnionType)
                 and int in members and float in members and members[0] is not int):
-            int_first = (int, *(m for m in members if m is not int))
-            annotations[name] = functools.reduce(operator.or_, int_first)
+            annotations[name] = functools.reduce(
+                operator.or_, (int, *(m for m in members if m is not int)))
 
 
 def quiet_messages_users_cannot_act_on() -> None:
-    """Works around four messages every run printed that are about other libraries' code:
-    torch 2.14 deprecates ``isinstance(..., LeafSpec)``, which Lightning's pytree helper uses;
-    Lightning advertises its cloud logger (litlogger) whenever another logger is used;
-    jsonargparse's deprecation notices for calls LightningCLI makes; and torchdata 0.11's
-    ``StatefulDataLoader`` calls ``torch.set_vital``, deprecated in torch 2.14."""
+    """Messages every run printed about other libraries' code: torch 2.14 deprecates
+    ``isinstance(..., LeafSpec)`` (Lightning's pytree helper) and ``torch.set_vital``
+    (torchdata 0.11's ``StatefulDataLoader``); Lightning advertises litlogger whenever
+    another logger is used; jsonargparse's deprecation notices for calls LightningCLI makes."""
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)

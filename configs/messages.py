@@ -1,17 +1,22 @@
 """The one-line messages for what a user can fix, built only when something is wrong (a default
 run never imports this module): which errors train.py ends with in one line, a jsonargparse
-error condensed, a model asking for an optimizer object, ``self.hparams.optimizer(...)`` under
-LightningCLI."""
+error condensed, a config file that is not YAML, a model asking for an optimizer object,
+``self.hparams.optimizer(...)`` under LightningCLI."""
 
 from __future__ import annotations
 
 import errno
+import inspect
 import re
 import traceback
+from pathlib import Path
+from typing import Any
 
+import torch.optim
+import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from configs import instance_hints, loaded_class
+from configs import config_files_in, fail, instance_hints, loaded_class
 from errors import NonFiniteLossError, data_error_in
 
 # A write the machine refused (disk full, read-only or unwritable folder): the user's to fix.
@@ -22,6 +27,22 @@ _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type
 # "Given value: many" says what was wrong; a dump of the whole nested config does not.
 _VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
 _LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
+
+
+# The template's module for each task, for a module given data of another task.
+MODULE_FOR_TASK = {
+    "multiclass": "models.classifier.ImageClassifier",
+    "multilabel": "models.classifier.ImageClassifier (task: multilabel)",
+    "regression": "models.regressor.Regressor",
+    "segmentation": "models.segmenter.Segmenter",
+    "none": "a LightningModule of your own (task none has no targets to learn)",
+}
+
+
+def wrong_task(owner: str, task: str, serves: tuple[str, ...]) -> str:
+    use = MODULE_FOR_TASK.get(task)
+    advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
+    return f"{owner} does not learn task {task!r}{advice}"
 
 
 def one_line_for(error: BaseException) -> tuple[str, int] | None:
@@ -43,6 +64,27 @@ def one_line_for(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, NonFiniteLossError):  # the weights never saw the bad step
         return str(error), 1
     return None
+
+
+def check_yaml_syntax(argv: list[str]) -> None:
+    """Ends the command with one line naming the ``--config`` file, line and column of a YAML
+    syntax error (the parser would name ``<unicode string>``)."""
+    for path in config_files_in(argv):
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except OSError:
+            continue  # a missing file: the parser says so
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            fail(f"{path}: not valid YAML: {problem}{where}")
+
+
+def parser_error_line(message: str) -> str:
+    """The one line for a jsonargparse error."""
+    return instance_hints_in_error(message) or (
+        f"{condense_error(message)} (python train.py --help lists the options)")
 
 
 def condense_error(message: str, max_chars: int = 400) -> str:
@@ -76,6 +118,16 @@ def condense_error(message: str, max_chars: int = 400) -> str:
         elif kept[-1] != "…":
             kept.append("…")
     return " ".join(kept)
+
+
+def public_name(hint: Any) -> str:
+    """``torch.optim.Optimizer`` rather than ``torch.optim.optimizer.Optimizer``."""
+    if inspect.ismodule(hint):
+        return f"{hint.__name__} (a module)"
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        if getattr(module, hint.__name__, None) is hint:
+            return f"{module.__name__}.{hint.__name__}"
+    return f"{hint.__module__}.{hint.__qualname__}"
 
 
 def instance_hints_message(class_path: str, hints: dict[str, tuple[str, str]]) -> str:

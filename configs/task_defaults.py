@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from configs import config_files_in
+from configs import config_files_in, fail
 
 MODEL_FOR_TASK = {
     "multiclass": "models.classifier.ImageClassifier",
@@ -20,10 +20,6 @@ MODEL_FOR_TASK = {
     "regression": "models.regressor.Regressor",
     "segmentation": "models.segmenter.Segmenter",
 }
-
-
-class NoDefaultModel(ValueError):
-    """Task ``none`` has no module of the template's: the user must name theirs."""
 
 
 def config_files(argv: list[str]) -> list[Any]:
@@ -96,12 +92,12 @@ def default_task(class_path: str | None) -> str | None:
 
 def with_default_model(argv: list[str]) -> list[str]:
     """``argv`` with ``--model <the task's module>`` after the subcommand when it chooses no
-    model; raises :class:`NoDefaultModel` for task ``none``."""
+    model; ends the command in one line for task ``none``, which has no module of the template's."""
     if chooses_model(argv):
         return argv
     task = data_task(argv)
     if task == "none":
-        raise NoDefaultModel("task: none has no default model: set model.class_path (or "
-                             "--model) to your own LightningModule")
+        fail("task: none has no default model: set model.class_path (or --model) to your own "
+             "LightningModule")
     model = MODEL_FOR_TASK.get(task)
     return argv if model is None else [argv[0], "--model", model, *argv[1:]]

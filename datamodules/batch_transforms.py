@@ -1,12 +1,6 @@
-"""Augmentations applied to a whole batch at once, with different random parameters per image.
-
-``torchvision.transforms.v2`` draws one set of random parameters per call, so a v2 random
-transform applied to a batch moves every image the same way. These fill that gap for the cheap,
-common cases. On small images they are an order of magnitude faster than per-image transform
-calls (the Python overhead per call, not the pixel work, is the cost), and they run on the GPU
-when the batch is there. Deterministic v2 transforms (ToDtype, Normalize, Pad) already work on
-batches and can be mixed in with ``v2.Compose``.
-"""
+"""Augmentations of a whole batch with random parameters per image (a v2 random transform draws
+one set per call, moving every image of a batch the same way): on small images an order of
+magnitude faster than per-image calls, and on the GPU when the batch is there."""
 
 from __future__ import annotations
 
@@ -35,8 +29,8 @@ class RandomShiftBatch(v2.Transform):
         height, width = images.shape[-2:]
         s = self.max_shift
         padded = F.pad(images, (s, s, s, s), value=self.fill)
-        # Offsets are drawn on the CPU (no device sync); one crop view per image, then a single
-        # stack. This is ~20x faster on CPU than a gather with broadcast index tensors.
+        # Offsets drawn on the CPU (no device sync), one crop view per image, one stack: ~20x
+        # faster on CPU than a gather with broadcast index tensors.
         offsets = torch.randint(0, 2 * s + 1, (len(images), 2)).tolist()
         return torch.stack([padded[i, :, y : y + height, x : x + width]
                             for i, (y, x) in enumerate(offsets)])
@@ -50,8 +44,8 @@ class RandomHorizontalFlipBatch(v2.Transform):
         self.p = p
 
     def forward(self, images: Tensor) -> Tensor:  # type: ignore[override]
-        # Drawn on the CPU (no device sync); only the chosen images are flipped, then one stack:
-        # ~3x faster on CPU than a where() over the whole batch and its flipped copy.
+        # Drawn on the CPU (no device sync), only the chosen images flipped: ~3x faster on CPU
+        # than a where() over the batch and its flipped copy.
         chosen = (torch.rand(len(images)) < self.p).tolist()
         return torch.stack([img.flip(-1) if c else img
                             for img, c in zip(images, chosen, strict=True)])
@@ -61,15 +55,10 @@ class RandomHorizontalFlipBatch(v2.Transform):
 
 
 class ToFloatNormalize(v2.Normalize):
-    """``ToDtype(float32, scale=True)`` followed by ``Normalize(mean, std)``, in one step.
-
-    The pair makes four passes over the pixels and allocates twice (the float copy, then
-    Normalize's out-of-place result); this makes two passes into one allocation, which is
-    most of the per-batch cost once images are cached. ``mean`` and ``std`` are in the [0, 1]
-    scale, exactly as for ``Normalize``, and it is a ``Normalize``, so code looking up the
-    normalisation (export metadata, TensorBoard pictures) finds it. Float inputs are taken as
-    already scaled and only normalized.
-    """
+    """``ToDtype(float32, scale=True)`` then ``Normalize(mean, std)`` (in the [0, 1] scale) in
+    two passes and one allocation instead of four and two: most of the per-batch cost once images
+    are cached. It is a ``Normalize``, so export metadata and TensorBoard pictures find it; float
+    inputs are taken as already scaled and only normalized."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__(mean, std)

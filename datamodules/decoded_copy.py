@@ -1,16 +1,9 @@
-"""The decoded images of a cache, kept on disk beside the record of checked files, so the next
-run, the other ranks of a node and the next sweep trial load them (memory-mapped) instead of
-decoding every file again. Neither torchvision nor torchdata keeps decoded images across
-processes: this is the gap it fills.
-
-One file per table and read mode, named after the files' paths and stamps (size,
-modification time, inode, of a symlink's target) and the torchvision version that decoded
-them: a changed, added or removed file gives another name, so a stale copy is never loaded;
-writing a new copy deletes the older ones of that table. Files that failed to decode are kept
-as their messages, so ``skip_invalid`` runs load the copy too. What it earns: under DDP a node
-decodes once; on 5,000 28x28 PNGs a run's data set-up takes 0.11 s instead of 0.34 s, 3.6 %
-of that whole run (``benchmarks/decoded_copy.py``, ``benchmarks/user_folder.py``).
-"""
+"""The decoded images of a cache, kept beside the record of checked files so the next run, the
+other ranks of a node and the next sweep trial load them (memory-mapped) instead of decoding
+again; no library keeps them across processes. On 5,000 28x28 PNGs the data set-up takes 0.11 s
+instead of 0.34 s (``benchmarks/decoded_copy.py``). One file per table and read mode, named after
+the files' paths, stamps and torchvision version, so a stale copy is never loaded; files that
+failed to decode are kept as their messages, so ``skip_invalid`` runs load it too."""
 
 from __future__ import annotations
 
@@ -24,6 +17,8 @@ import torchvision
 from torch import Tensor
 
 from datamodules.validation import CheckedFiles, cache_folder
+
+Decoded = list[Tensor | str]  # per path: its image, or why it could not be decoded
 
 
 def copy_path(table: str, read_mode: str, paths: list[Path],
@@ -42,17 +37,13 @@ def copy_path(table: str, read_mode: str, paths: list[Path],
 
 
 def lock_of(path: Path) -> Path:
-    """What the ranks take turns on: one name per table and read mode (see
-    :func:`datamodules.validation.one_process_at_a_time`), whatever the copy's contents."""
+    """What the ranks take turns on: one name per table and read mode, whatever the contents."""
     return path.with_name(f"decoded-{path.name.split('-')[1]}")
-
-
-Decoded = list[Tensor | str]  # per path: its image, or why it could not be decoded
 
 
 def load_copy(path: Path, count: int) -> Decoded | None:
     """Per path, its image (a view into the memory-mapped file) or its decoding error; None
-    when there is no copy or it cannot be read (then the files are decoded)."""
+    when the copy cannot be read (then the files are decoded)."""
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         stored = saved["images"]
@@ -65,9 +56,8 @@ def load_copy(path: Path, count: int) -> Decoded | None:
 
 
 def save_copy(path: Path, decoded: Decoded) -> bool:
-    """Write the copy, atomically (one tensor when the images share a size), if the disk has
-    room for it twice over; replace the older copies of the same table. Where it cannot be
-    written, nothing is kept, not even a partial file (False)."""
+    """Write the copy atomically, if the disk has room for it twice over, and delete the older
+    copies of the same table; False, leaving no partial file, where it cannot be written."""
     failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, str)]
     size = sum(item.nbytes for item in decoded if isinstance(item, Tensor))
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
@@ -80,27 +70,20 @@ def save_copy(path: Path, decoded: Decoded) -> bool:
     except (OSError, RuntimeError):
         partial.unlink(missing_ok=True)
         return False
-    for older in path.parent.glob(f"decoded-{path.name.split('-')[1]}-*"):
+    for older in path.parent.glob(f"{lock_of(path).name}-*"):
         if older != path:
             older.unlink(missing_ok=True)
     return True
 
 
 def stacked_in_place(decoded: Decoded) -> Tensor | list[Tensor]:
-    """Images of one size as one tensor, each entry of ``decoded`` replaced by its view into
-    it as it is copied, so memory never holds the images twice (``torch.stack`` would);
-    images of several sizes as a list."""
-    shapes = {item.shape for item in decoded if isinstance(item, Tensor)}
-    if len(shapes) != 1:
-        return [item for item in decoded if isinstance(item, Tensor)]
-    count = sum(isinstance(item, Tensor) for item in decoded)
-    first = next(item for item in decoded if isinstance(item, Tensor))
-    stacked = torch.empty((count, *shapes.pop()), dtype=first.dtype)
-    del first
-    row = 0
-    for i, item in enumerate(decoded):
-        if isinstance(item, Tensor):
-            stacked[row] = item
-            decoded[i] = stacked[row]
-            row += 1
+    """Images of one size as one tensor, each entry of ``decoded`` replaced by its view into it
+    as it is copied, so memory never holds them twice (``torch.stack`` would); else a list."""
+    rows = [i for i, item in enumerate(decoded) if isinstance(item, Tensor)]
+    if len({decoded[i].shape for i in rows}) != 1:
+        return [decoded[i] for i in rows]
+    stacked = torch.empty((len(rows), *decoded[rows[0]].shape), dtype=decoded[rows[0]].dtype)
+    for row, i in enumerate(rows):
+        stacked[row] = decoded[i]
+        decoded[i] = stacked[row]
     return stacked

@@ -1,6 +1,6 @@
 """scikit-learn's 8x8 digits, written to disk as PNG files + ``labels.csv`` and read back through
-:class:`ImageCSVDataModule` — so the default run exercises the same file pipeline a user's own
-images go through, with no download."""
+:class:`ImageCSVDataModule`: the default run exercises the pipeline a user's own images go
+through, with no download."""
 
 from __future__ import annotations
 
@@ -16,17 +16,16 @@ from torchvision.io import write_png
 
 from datamodules.image_csv import ImageCSVDataModule, ReadMode
 
+DIGIT_CLASSES = [str(digit) for digit in range(10)]
+
 
 def write_digits(root: Path) -> None:
-    """Write the 1,797 digits as ``images/<i>.png`` and ``labels.csv`` under ``root``.
-
-    The files are written into a temporary sibling folder and renamed into place, so a killed
-    run never leaves a half-written data set that later runs would take as complete.
-    """
-    from sklearn.datasets import load_digits  # imported here: only this data set needs sklearn
+    """Write the 1,797 digits as ``images/<i>.png`` and ``labels.csv`` under ``root``, into a
+    temporary sibling folder renamed into place: a killed run leaves no half-written data set."""
+    from sklearn.datasets import load_digits  # only this data set needs sklearn
 
     digits = load_digits()
-    # Pixel values are 0..16; scale to the full 8-bit range as a real image would have.
+    # Pixel values are 0..16: scaled to the full 8-bit range, as a real image's.
     images = torch.from_numpy(digits.images * (255.0 / 16.0)).round().to(torch.uint8)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
@@ -39,27 +38,18 @@ def write_digits(root: Path) -> None:
             rows.append((name, int(label)))
         pd.DataFrame(rows, columns=["path", "label"]).to_csv(staging / "labels.csv", index=False)
         os.replace(staging, root)
-    except OSError:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        if not (root / "labels.csv").is_file():  # not a concurrent run that finished first
+        # An OSError from the rename: a concurrent run that finished first is fine.
+        if not isinstance(error, OSError) or not (root / "labels.csv").is_file():
             raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class DigitsDataModule(ImageCSVDataModule):
     """The default data: 8x8 grayscale digits, 10 classes, stratified 80/20 test split and 10 %
-    of the rest for validation (fixed ``split_seed``).
-
-    Its defaults suit 1,797 tiny images: batches of 16, decoded once and kept in memory
-    (``cache_images``), no loader workers (they would only add start-up time and copies).
-    The batch transforms of the default run are in ``configs/digits.yaml``.
-
-    The ten classes are known without the files, so the model can be built before
-    ``prepare_data`` has written them (on a fresh machine, under torchrun, only local rank 0
-    writes, while every rank builds its model).
-    """
+    of the rest for validation. Defaults for 1,797 tiny images: batches of 16, decoded once into
+    memory, no loader workers. The classes are known without the files, so the model can be built
+    before ``prepare_data`` writes them (under torchrun only local rank 0 writes)."""
 
     def __init__(
         self,
@@ -77,11 +67,7 @@ class DigitsDataModule(ImageCSVDataModule):
                          num_workers=num_workers, **kwargs)
         self.root = Path(root)
 
-    def prepare_data(self) -> None:
-        # Lightning calls this on one process per node (local rank 0) before any rank sets up.
+    def prepare_data(self) -> None:  # Lightning: one process per node, before any setup
         if not (self.root / "labels.csv").is_file():
             write_digits(self.root)
         super().prepare_data()
-
-
-DIGIT_CLASSES = [str(digit) for digit in range(10)]

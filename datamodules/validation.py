@@ -1,20 +1,13 @@
-"""Input checks that run before any training step, in the main process.
-
-Problems are collected, not raised one by one: a user with 40 broken rows wants to see them in one
-message (the first few with file and row, and the total), not fix them one run at a time.
-"""
+"""Input checks that run before any training step, in the main process. Problems are collected,
+not raised one by one: a user with 40 broken rows sees them in one message, not one a run."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
-import multiprocessing
 import os
-import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +22,11 @@ from torchvision.transforms.v2 import functional as TF
 from errors import DataError
 
 SHOWN_PROBLEMS = 10
-# PIL's own decompression-bomb threshold: a header claiming more pixels than this is refused
-# before anything is decoded.
-DEFAULT_MAX_PIXELS = 89_478_485
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold
+PARALLEL_AFTER = 4096  # from this many files on, checked in forked processes (many_files.py)
+CHUNK = 1024  # files per task of those processes
+MAX_STACK_PROBES = 16
+Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
 
 
 def first_problems(messages: Sequence[str]) -> list[str]:
@@ -49,44 +44,29 @@ class Problem:
 
 
 class DataValidationError(DataError):
-    """Invalid rows: one error listing the first problems with their rows, and the count; a
-    single problem is one line."""
+    """Invalid rows: the first problems with their rows, and the count; one problem is one line."""
 
     def __init__(self, source: str, problems: Sequence[Problem], hint: str = "") -> None:
         self.problems = list(problems)
         suffix = f" ({hint})" if hint else ""
-        if len(self.problems) == 1:  # the common case gets one line: file, row and problem
+        if len(self.problems) == 1:
             only = self.problems[0]
             super().__init__(f"{source}: 1 invalid row: row {only.row}: {only.message}{suffix}")
             return
         lines = first_problems([f"row {p.row}: {p.message}" for p in self.problems])
-        header = f"{source}: {len(self.problems)} invalid row(s)"
-        super().__init__("\n".join([header + suffix, *lines]))
+        super().__init__("\n".join(
+            [f"{source}: {len(self.problems)} invalid row(s){suffix}", *lines]))
 
 
-def read_bytes(path: str | Path) -> Tensor:
-    """A file's bytes as a uint8 tensor, for ``decode_image``.
-
-    Python's buffered read is ~8 µs faster per small image file than ``torchvision.io``'s
-    ``read_file`` (11 vs 19 µs for a 64x64 PNG here), 6 % of decoding one; the per-image
-    loaders pay it on every sample of every epoch.
-    """
+def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
+    """Decode to a uint8 CHW tensor with the requested channels (16-bit files scaled to 8).
+    Python's buffered read takes 11 us for a 64x64 PNG, ``torchvision.io.read_file`` 19 us."""
     with open(path, "rb") as file:
         data = bytearray(file.read())
     if not data:
         raise RuntimeError(f"{path} is an empty file")
-    return torch.frombuffer(data, dtype=torch.uint8)
-
-
-def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
-    """Decode to a uint8 CHW tensor with the requested channels (16-bit files scaled to 8)."""
-    image = decode_image(read_bytes(path), mode=mode)
-    if image.dtype != torch.uint8:
-        image = TF.to_dtype(image, torch.uint8, scale=True)
-    return image
-
-
-Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
+    image = decode_image(torch.frombuffer(data, dtype=torch.uint8), mode=mode)
+    return image if image.dtype == torch.uint8 else TF.to_dtype(image, torch.uint8, scale=True)
 
 
 def check_image_file(
@@ -100,8 +80,7 @@ def check_image_file(
     except OSError as error:
         return f"cannot resolve {path}: {error}"
     if not resolved.is_relative_to(root.resolve()):
-        # A link inside the root (or a linked folder on the way) is reported as one, with
-        # where it points: the path itself looks fine.
+        # A link inside the root (or a linked folder on the way) is named as one.
         link = next((p for p in (path, *path.parents) if p.is_symlink()), None)
         via = f" (a symlink to {resolved})" if link is not None else ""
         return f"{path}{via} is outside the image root {root}"
@@ -126,65 +105,6 @@ def check_image_file(
     return None
 
 
-def check_image_files(
-    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
-    headers: dict[Path, Header] | None = None, remember: bool = False,
-    stamps: dict[Path, list[int]] | None = None,
-) -> list[str | None]:
-    """:func:`check_image_file` for many files; one result per path, in order.
-
-    ``remember``: the files a :class:`CheckedFiles` record says passed, unchanged, are not
-    opened; those that pass now are recorded. The rest are checked in this process, or, from
-    PARALLEL_AFTER files on, in forked worker processes, one per CPU (threads would not help:
-    resolving, header parsing and decoding hold the GIL, and 4 threads ran 2.6x slower than
-    one here). Over PROGRESS_AFTER files, a line every PROGRESS_EVERY seconds says how far it
-    got. ``stamps`` (with ``remember``) gets each file's :meth:`CheckedFiles.stamp`, so that
-    later steps of the same run (the decoded copy's name) need not stat them again."""
-    if not remember:
-        return check_unrecorded(paths, root, decode, max_pixels, headers, None)
-    # The ranks of a node (torchrun starts them together) check one at a time: the first
-    # checks and records, the others wait and find the record, so the files are opened once
-    # per node, not once per rank.
-    with one_process_at_a_time(CheckedFiles.location(root, max_pixels),
-                               f"checking the image files under {root}"):
-        return check_unrecorded(paths, root, decode, max_pixels, headers,
-                                CheckedFiles(root, max_pixels), stamps)
-
-
-def check_unrecorded(paths: Sequence[Path], root: Path, decode: bool, max_pixels: int,
-                     headers: dict[Path, Header] | None, record: CheckedFiles | None,
-                     stamps: dict[Path, list[int]] | None = None) -> list[str | None]:
-    """:func:`check_image_files` once the record (if any) is loaded."""
-    headers = headers if headers is not None else {}
-    results: list[str | None] = [None] * len(paths)
-    todo: list[tuple[int, list[int] | None]] = []
-    for index, path in enumerate(paths):
-        stamp = record.stamp(path) if record is not None else None
-        if stamps is not None and stamp is not None:
-            stamps[path] = stamp
-        known = record.passed(path, stamp, decode) if record is not None else None
-        if known is not None:
-            headers[path] = known
-        else:
-            todo.append((index, stamp))
-    checked = check_in_chunks([paths[i] for i, _ in todo], root, decode, max_pixels)
-    for (index, stamp), (problem, header) in zip(todo, checked, strict=True):
-        results[index] = problem
-        if header is not None:
-            headers[paths[index]] = header
-            if record is not None and problem is None and stamp is not None:
-                record.add(paths[index], stamp, header, decode)
-    if record is not None:
-        record.save()
-    return results
-
-
-CHUNK = 1024
-PARALLEL_AFTER = 4096
-PROGRESS_AFTER = 20_000
-PROGRESS_EVERY = 10.0
-
-
 def check_chunk(chunk: list[Path], root: Path, decode: bool, max_pixels: int
                 ) -> list[tuple[str | None, Header | None]]:
     """:func:`check_image_file` for each path: its problem and its header (size, mode)."""
@@ -195,46 +115,64 @@ def check_chunk(chunk: list[Path], root: Path, decode: bool, max_pixels: int
     return out
 
 
-def check_in_chunks(paths: list[Path], root: Path, decode: bool, max_pixels: int
-                    ) -> list[tuple[str | None, Header | None]]:
-    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
-    workers = min(8, os.cpu_count() or 1)
-    parallel = (len(paths) >= PARALLEL_AFTER and workers > 1
-                and "fork" in multiprocessing.get_all_start_methods())
-    results: list[tuple[str | None, Header | None]] = []
-    start = last = time.monotonic()
-    with contextlib.ExitStack() as stack:
-        if parallel:  # forked: the workers start with this process's imports, in milliseconds
-            pool = stack.enter_context(ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("fork")))
-            done = pool.map(functools.partial(check_chunk, root=root, decode=decode,
-                                              max_pixels=max_pixels), chunks)
+def check_image_files(
+    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
+    headers: dict[Path, Header] | None = None, remember: bool = False,
+    stamps: dict[Path, list[int]] | None = None,
+) -> list[str | None]:
+    """:func:`check_image_file` for many files; one result per path, in order.
+
+    ``remember``: files a :class:`CheckedFiles` record says passed, unchanged, are not opened;
+    those that pass now are recorded. The ranks of a node (torchrun starts them together) take
+    turns, so the first checks and the others find its record. ``stamps`` gets each file's
+    stamp, so later steps of the run (the decoded copy's name) need not stat it again."""
+    headers = headers if headers is not None else {}
+    record = None
+    with (one_process_at_a_time(CheckedFiles.location(root, max_pixels),
+                                f"checking the image files under {root}")
+          if remember else contextlib.nullcontext()):
+        if remember:
+            record = CheckedFiles(root, max_pixels)
+        todo: list[tuple[int, list[int] | None]] = []  # (index, stamp) of files to open
+        for index, path in enumerate(paths):
+            stamp = record.stamp(path) if record is not None else None
+            known = record.passed(path, stamp, decode) if record is not None else None
+            if stamps is not None and stamp is not None:
+                stamps[path] = stamp
+            if known is not None:
+                headers[path] = known
+            else:
+                todo.append((index, stamp))
+        unknown = [paths[i] for i, _ in todo]
+        if len(unknown) < PARALLEL_AFTER:
+            checked = check_chunk(unknown, root, decode, max_pixels)
         else:
-            done = (check_chunk(chunk, root, decode, max_pixels) for chunk in chunks)
-        for chunk_results in done:
-            results.extend(chunk_results)
-            now = time.monotonic()
-            if len(paths) > PROGRESS_AFTER and now - last > PROGRESS_EVERY:
-                last, count = now, len(results)
-                rate = count / (now - start)
-                rank_zero_info(f"checked {count:,} of {len(paths):,} image files ({rate:,.0f}/s,"
-                               f" about {(len(paths) - count) / rate:.0f} s left)")
+            from datamodules.many_files import check_many
+
+            checked = check_many(unknown, root, decode, max_pixels, CHUNK)
+        results: list[str | None] = [None] * len(paths)
+        for (index, stamp), (problem, header) in zip(todo, checked, strict=True):
+            results[index] = problem
+            if header is not None:
+                headers[paths[index]] = header
+                if record is not None and problem is None and stamp is not None:
+                    record.add(paths[index], stamp, header, decode)
+        if record is not None:
+            record.save()
     return results
 
 
 def cache_folder() -> Path:
-    """Where what the template remembers about image files goes: the user cache folder
-    (``$XDG_CACHE_HOME``, else ``~/.cache``)/lightning-template/."""
+    """Where the template remembers image files: ``$XDG_CACHE_HOME`` (else ``~/.cache``)
+    ``/lightning-template/``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-template"
 
 
 class CheckedFiles:
     """Which image files passed the checks, by path, size, modification time and inode, so an
-    unchanged data set is not decoded again on the next run, on another rank or in the next
-    sweep trial; a file that changed, or was replaced, is checked again. No library keeps
-    this: it is the gap this fills. One JSON file per image root and ``max_pixels`` under the
-    user cache folder (``$XDG_CACHE_HOME``, else ``~/.cache``)/lightning-template/; when it
-    cannot be written, the checks simply run every time."""
+    unchanged data set is not decoded again on the next run, rank or sweep trial; no library
+    keeps this. One JSON file per image root and ``max_pixels`` in :func:`cache_folder`; where
+    it cannot be written, the checks simply run every time."""
 
     def __init__(self, root: Path, max_pixels: int) -> None:
         self.path = self.location(root, max_pixels)
@@ -280,10 +218,9 @@ class CheckedFiles:
 @contextlib.contextmanager
 def one_process_at_a_time(record: Path, what: str) -> Iterator[None]:
     """An exclusive ``flock`` on a file beside ``record`` for the block, released when the
-    process ends however it ends; a process that has to wait says so in one line, naming
-    ``what`` the other is doing. Where no lock can be taken (no ``fcntl``: Windows; a cache
-    folder that cannot be written; a file system without ``flock``) the block runs unlocked:
-    each process then does the work alone."""
+    process ends however it ends; a process that waits says so, naming ``what`` the other does.
+    Where no lock can be taken (Windows, a read-only cache folder, no ``flock``) it runs
+    unlocked."""
     with contextlib.ExitStack() as stack:
         with contextlib.suppress(OSError, ImportError):
             import fcntl
@@ -299,18 +236,11 @@ def one_process_at_a_time(record: Path, what: str) -> Iterator[None]:
         yield
 
 
-MAX_STACK_PROBES = 16
-
-
 def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path, Header],
                         source: str, transforms: str) -> None:
-    """Refuse, before step 1, images that would not stack into one batch after the
-    transforms: files of other sizes with no resize, or other channel counts under
-    ``read_mode: UNCHANGED``. The default collate would fail mid-epoch with a long traceback
-    that names no file; this is the gap it fills.
-
-    One sample goes through the transforms per distinct header (size and mode); with more than
-    MAX_STACK_PROBES distinct headers, those with the smallest and largest sides per mode."""
+    """Refuse, before step 1, images that would not stack into a batch after the transforms
+    (the default collate would fail mid-epoch naming no file). One sample goes through per
+    distinct header (size, mode); over MAX_STACK_PROBES, the smallest and largest per mode."""
     first: dict[Header, int] = {}
     for index, path in enumerate(paths):
         if path in headers:

@@ -1,7 +1,7 @@
 """Reading ``--ckpt_path``: which file ``last`` means, one line for a file that is not a
 checkpoint, a refusal, before anything is imported, of one that names code outside what the
 run trusts, and the classes a checkpoint was trained on. ``train.py`` imports this module only
-when a command gives a checkpoint.
+when a command gives a checkpoint or predicts.
 
 Why: ``torch.load(weights_only=True)`` runs no code, but what the file *names* does. A
 checkpoint of LightningCLI stores the model's class (``_class_path``), the nested ``class_path``
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from errors import DataError
 
@@ -48,6 +48,22 @@ def check_ckpt_path(config: Any, stage: str, configured_model: str | None) -> No
                                                      *package_of(data)])
     if stage == "fit":
         refuse_resuming_another_run(checkpoint, ckpt_path, config)
+
+
+def use_checkpoint(config: Any, stage: str | None, configured_model: str | None) -> None:
+    """What train.py does once LightningCLI has put the checkpoint's model into the config:
+    says so where it replaced the configured one; ``predict`` takes the classes from it."""
+    ckpt_path = config.get("ckpt_path")
+    used = (config.get("model") or {}).get("class_path")
+    if configured_model and used and used != configured_model:
+        rank_zero_info(f"{stage}: the checkpoint holds a {used}; it is used instead of the "
+                       f"configured {configured_model}")
+    if stage == "predict":
+        if not ckpt_path:
+            raise DataError("predict needs --ckpt_path: a checkpoint of the trained model")
+        names = class_names_in(ckpt_path)  # not the classes of the data to predict
+        if names and "class_names" in (config.data.get("init_args") or {}):
+            config.data.init_args.class_names = names
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -8,20 +8,12 @@ from torch import Tensor, nn
 
 
 class MLP(nn.Module):
-    """Linear-BatchNorm-ReLU-Dropout blocks and a linear head.
+    """Linear-BatchNorm-ReLU-Dropout blocks and a linear head. ``in_features``: the number of
+    feature columns (the module passes the data's ``num_features`` when the config leaves it
+    out). BatchNorm keeps training stable even with feature standardisation turned off."""
 
-    ``in_features`` is the number of feature columns: ``ImageClassifier`` passes the data's
-    count (``data.num_features``) when the config leaves it out. BatchNorm keeps training stable
-    even if a user turns feature standardisation off.
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        in_features: int | None = None,
-        hidden: Sequence[int] = (64, 64),
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, num_classes: int, in_features: int | None = None,
+                 hidden: Sequence[int] = (64, 64), dropout: float = 0.1) -> None:
         super().__init__()
         if in_features is None:
             raise ValueError("MLP needs in_features, the number of feature columns (train.py "

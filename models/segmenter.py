@@ -114,9 +114,7 @@ class Segmenter(LightningModule):
         self.log(f"{stage}/acc", getattr(self, f"{stage}_acc"))
         self.log(f"{stage}/loss", getattr(self, f"{stage}_loss"), prog_bar=stage == "val")
 
-    # Metric objects, updated every step, logged once per epoch: Lightning computes them (synced
-    # across DDP ranks) and resets them. Logging them from every step instead costs ~0.7 ms per
-    # metric and step in Lightning's bookkeeping (benchmarks/overhead.py).
+    # Metrics logged once per epoch, as ImageClassifier's (benchmarks/overhead.py).
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
 
@@ -125,7 +123,6 @@ class Segmenter(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-
 
     def _overlap_inputs(self, predicted: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
         ignore = self.hparams["ignore_index"]

@@ -9,39 +9,24 @@ from torch import Tensor, nn
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
     # No conv bias: the BatchNorm shift that follows makes it redundant.
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class SmallCNN(nn.Module):
-    """Conv-BN-ReLU blocks with 2x2 max-pools after the blocks listed in ``pool_after``, global
-    average pooling, dropout and a linear head.
+    """Conv-BN-ReLU blocks, a 2x2 max-pool after each block in ``pool_after`` (default: all but
+    the last), global average pooling (any input size), dropout and a linear head. The digits
+    default: widths (32, 64, 128), one pool after the second block on 12x12, ~94k parameters.
 
-    Global pooling keeps it input-size agnostic, so the same class works for 8x8 or 64x64
-    images; choose ``pool_after`` for the input size (each pool halves it). The digits default,
-    widths (32, 64, 128) pooling once after the second block on 12x12 (8x8 padded by 2), has
-    ~94k parameters.
-
-    ``in_channels`` None (unset) is left for the module to fill in with the data's channel count
-    (``ImageClassifier`` and ``Regressor`` pass the linked ``data.in_channels``); built alone, or
-    for data that does not know it, it means 1 (gray images such as the digits).
+    ``in_channels``: None is filled in by the module with the data's channels, else means 1.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        in_channels: int | None = None,
-        widths: Sequence[int] = (32, 64, 128),
-        pool_after: Sequence[int] | None = None,
-        dropout: float = 0.1,
-    ) -> None:
+    def __init__(self, num_classes: int, in_channels: int | None = None,
+                 widths: Sequence[int] = (32, 64, 128), pool_after: Sequence[int] | None = None,
+                 dropout: float = 0.1) -> None:
         super().__init__()
         if not widths:
             raise ValueError("SmallCNN needs at least one width")
-        # Default: pool after every block but the last.
         pools = set(range(len(widths) - 1) if pool_after is None else pool_after)
         blocks: list[nn.Module] = []
         channels = 1 if in_channels is None else in_channels
@@ -52,9 +37,8 @@ class SmallCNN(nn.Module):
             channels = width
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)
-        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout),
+                                  nn.Linear(channels, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)))
