@@ -85,8 +85,8 @@ class TableDataModule(LightningDataModule):
     """Base of the CSV/image-folder and DataFrame datamodules.
 
     Args:
-        task: ``multiclass``, ``multilabel``, ``regression``, ``segmentation`` or ``none``
-            (no targets); see :mod:`datamodules.tasks`.
+        task: ``multiclass`` (a column of classes), ``multilabel`` (0/1 columns or delimited
+            names), ``regression`` (numeric columns), ``segmentation`` (masks) or ``none``.
         label_column: the target column, or a list of them (multilabel, regression).
         label_delimiter: multilabel from one column of names joined by this string.
         mask_column: the column of mask paths (``segmentation``), relative to the image root.
@@ -96,8 +96,9 @@ class TableDataModule(LightningDataModule):
         test_fraction: the test share of all rows (without ``split_column``).
         val_fraction: the validation share of the rest (without ``split_column``).
         split_seed: the split's seed, apart from the training seed (the same test set for all).
-        folds: k-fold cross-validation of the rows outside the test split.
-        fold: the fold that validates.
+        folds: k-fold cross-validation of the rows outside the test split, set by
+            ``sweep.py --folds K``; ``val_fraction`` then no longer applies.
+        fold: the fold that validates; the others train.
         sampler: ``random``, ``sequential``, ``weighted`` (by ``weight_column``, else
             class-balanced) or ``subset_random``; all DDP-safe.
         weight_column: per-row sampling weights for ``sampler: weighted``.
@@ -109,7 +110,8 @@ class TableDataModule(LightningDataModule):
         train_batch_transforms: transforms of whole training batches on the device.
         eval_batch_transforms: the same for validation, test and predict batches.
         class_names: the classes (labels) in output order; default: the training split's,
-            sorted. Segmentation needs them: mask value ``i`` is ``class_names[i]``.
+            sorted. Segmentation needs them: mask value ``i`` is ``class_names[i]``. Given,
+            they also accept a label column with nearly one class per row.
 
     What the model is sized from (``class_names``, ``num_classes``, ``num_outputs``, ...) is
     known before Lightning sets the data up; ``train.py`` links it to the model's arguments.
