@@ -22,25 +22,21 @@ _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")  # {name} or {name:forma
 
 class Checkpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` (the best ``save_top_k`` files by ``monitor``) plus a
-    ``last.ckpt`` written by this class, atomically (``AtomicCheckpointIO``):
+    ``last.ckpt`` of its own, written at every epoch's save point (Lightning 2.6 rewrites it only
+    when the monitor improved: tests/test_workarounds.py), every N steps or minutes if asked (no
+    best file there: the monitor is stale mid-epoch), and when fit stops on an exception, Ctrl+C
+    or SIGTERM: not for a non-finite state (the last good file is worth more), nor under DDP for
+    an exception, which does not reach every rank (saving is collective: it would hang).
 
-    * at every epoch's save point; Lightning 2.6 rewrites it only when the monitor improved, so
-      ``--ckpt_path last`` could resume an older epoch;
-    * every N steps or minutes if asked: ``last.ckpt`` only, as the monitor is stale mid-epoch;
-    * when fit stops on an exception, Ctrl+C or SIGTERM, unless the loss or the weights are
-      non-finite (the last good file is worth more), and under DDP only for Ctrl+C and SIGTERM,
-      which reach every rank (saving is collective: one rank's save would hang).
-
-    A ``monitor`` (or a ``filename`` metric) the module does not log is said in one line at the
-    first validation of fit, not the sanity check (a monitor may be a training metric), and
-    best-by-metric files (the ``epoch<N>-step<M>`` name) are dropped: Lightning would raise
-    there and lose the run. Nothing is saved outside fit or under ``fast_dev_run``.
+    A ``monitor`` or ``filename`` metric the module does not log is said in one line at the
+    first validation of fit (not the sanity check: it may be a training metric), then best files
+    are dropped or named ``epoch<N>-step<M>``, where Lightning would raise (or write 0).
 
     Args:
-        monitor: the metric that picks the best checkpoint (``save_top_k`` files).
+        monitor: the metric that picks the best checkpoints.
         mode: ``min`` or ``max``: which ``monitor`` value is best.
         filename: None names files after the epoch and the monitor (``epoch03-loss0.1234``).
-        save_last: write ``last.ckpt`` (read as ``write_last``; Lightning's own is off).
+        save_last: write ``last.ckpt`` (the attribute ``write_last``; Lightning's own is off).
         save_on_exception: write ``last.ckpt`` when fit stops early.
         save_top_k: how many best files to keep.
         every_n_epochs: epochs between save points.
@@ -49,32 +45,22 @@ class Checkpoint(ModelCheckpoint):
             (``"0:30:00"``); under DDP rank 0's clock decides.
     """
 
-    def __init__(
-        self,
-        monitor: str | None = "val/loss",
-        mode: Literal["min", "max"] = "min",
-        filename: str | None = None,
-        save_last: bool = True,
-        save_on_exception: bool = True,
-        save_top_k: int = 1,
-        every_n_epochs: int | None = None,
-        every_n_train_steps: int | None = None,
-        train_time_interval: timedelta | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, monitor: str | None = "val/loss", mode: Literal["min", "max"] = "min",
+                 filename: str | None = None, save_last: bool = True,
+                 save_on_exception: bool = True, save_top_k: int = 1,
+                 every_n_epochs: int | None = None, every_n_train_steps: int | None = None,
+                 train_time_interval: timedelta | None = None, **kwargs: Any) -> None:
         if filename is None and monitor:
             filename = f"epoch{{epoch:02d}}-{monitor.rpartition('/')[2]}{{{monitor}:.4f}}"
             kwargs["auto_insert_metric_name"] = False  # the name has its own labels
         super().__init__(monitor=monitor, mode=mode, filename=filename, save_last=False,
                          save_top_k=save_top_k, every_n_epochs=every_n_epochs, **kwargs)
-        self.write_last = save_last
-        self.write_on_exception = save_on_exception
+        self.write_last, self.write_on_exception = save_last, save_on_exception
         self.last_ckpt_every_n_train_steps = every_n_train_steps or 0
         self.last_ckpt_time_interval = train_time_interval
         self._last_write_time = time.monotonic()
         self._write_after_validation = self._checked = False
-        # Nothing new to save before a batch has trained (a first step that crashes): a
-        # last.ckpt then would invite a resume into the same failure.
+        # Nothing to save before a batch trained: a resume would repeat the same failure.
         self._trained_a_batch = False
         self._last_written_step: int | None = None
         # Fixed now, so that it stays the same when an unlogged monitor is turned off.

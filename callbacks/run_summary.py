@@ -23,16 +23,12 @@ def batch_size(batch: Any) -> int:
 
 
 class RunSummary(Callback):
-    """Collects time, throughput and metrics in fit and test; :meth:`report` prints them as
-    tables, writes ``<log_dir>/summary.json`` (for scripts: benchmarks, sweeps) and records the
-    hyperparameters with the final metrics in TensorBoard's HParams tab, on rank 0. A command
-    that did not fit (``validate``/``test``, logging into the run's folder) writes
-    ``<stage>_summary.json``, leaving the fit's as it was.
-
-    The validation metrics of the best epoch (by the checkpoint's ``monitor``/``mode``: the
-    tested weights) and of the last one, and the test metrics, side by side. Throughput is
-    training samples (all ranks) per second of fit wall time, validation included.
-    """
+    """Collects time, throughput and metrics in fit and test; train.py calls :meth:`report`
+    when the command is done. Rank 0 prints the validation metrics of the best epoch (by the
+    checkpoint's monitor: the tested weights) and of the last one, and the test metrics, writes
+    them to ``<log_dir>/summary.json`` (``<stage>_summary.json`` for a command without fit) and
+    with the hyperparameters to TensorBoard's HParams tab. Throughput: training samples (all
+    ranks) per second of fit wall time, validation included."""
 
     def __init__(self) -> None:
         self.fit_seconds = 0.0
@@ -180,17 +176,14 @@ def _table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _prefixes(*stages: str) -> tuple[str, ...]:
-    """Metric names of these stages: ``val/acc`` (this template's style) or ``val_acc``."""
-    return tuple(f"{stage}{sep}" for stage in stages for sep in "/_")
-
-
 def _scalars(metrics: dict[str, Any], *stages: str) -> dict[str, float]:
+    """The scalar metrics of these stages: ``val/acc`` (this template's style) or ``val_acc``."""
+    prefixes = tuple(f"{stage}{sep}" for stage in stages for sep in "/_")
     return {name: float(value) for name, value in sorted(metrics.items())
-            if name.startswith(_prefixes(*stages)) and getattr(value, "numel", lambda: 1)() == 1}
+            if name.startswith(prefixes) and getattr(value, "numel", lambda: 1)() == 1}
 
 
 def _stage(metrics: dict[str, float], stage: str) -> dict[str, float]:
-    """``{metric: value}`` of one stage, its prefix removed (``val/acc``, ``val_acc``)."""
-    return {name[len(stage) + 1:]: value for name, value in metrics.items()
-            if name.startswith(_prefixes(stage)) and not name.endswith("_step")}
+    """``{metric: value}`` of one stage, its prefix removed (``val/acc`` -> ``acc``)."""
+    return {name[len(stage) + 1:]: value for name, value in _scalars(metrics, stage).items()
+            if not name.endswith("_step")}
