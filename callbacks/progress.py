@@ -23,10 +23,10 @@ def default_progress_bar() -> ProgressBar:
 
 
 class TerminalProgressBar(RichProgressBar):
-    """Rich's bar, updated at most every ``min_interval_s`` seconds in training and validation
-    (and at an epoch's last batch): after every batch, as its parent does (a device sync per
-    metric), it made fit of the digits CNN ~20 % slower (benchmarks/overhead.py). Updates carry
-    absolute positions, so skipped ones lose nothing."""
+    """Rich's bar, updated at most every ``min_interval_s`` seconds (and at an epoch's last
+    batch) in training and validation. Its parent updates after every batch, a device sync per
+    metric: digits fit ~20 % slower (benchmarks/overhead.py). Updates carry absolute positions,
+    so skipped ones lose nothing."""
 
     def __init__(self, min_interval_s: float = 0.25, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,7 +54,8 @@ class TerminalProgressBar(RichProgressBar):
 
 class LineProgressBar(ProgressBar):
     """One plain line per training epoch (after its validation), and one every
-    ``interval_seconds`` (0: never) inside an epoch, on rank 0::
+    ``interval_seconds`` (0: never) inside an epoch, on rank 0; nothing for validation, test
+    and predict (Lightning prints the test table)::
 
         epoch 3/10 step 243 (81/81 batches) 1.0 s | train/loss_step 0.61 val/loss 0.42 val/acc 0.96
     """
