@@ -1,17 +1,10 @@
 """Stop training on the first NaN or infinite loss, before it reaches the weights.
 
-A non-finite loss gives non-finite gradients, and one optimizer step with them makes every
-weight NaN; every later checkpoint, ``last.ckpt`` included, would then hold a dead model.
-This callback checks the loss in ``on_before_backward``, i.e. before the backward pass and the
-optimizer step, and raises :class:`NonFiniteLossError` naming the step, so the weights in
-memory and on disk are still the last finite ones. :class:`callbacks.checkpoint.Checkpoint`
-does not write its exception checkpoint for this error, so the last good ``last.ckpt`` stays
-as it was, and ``train.py`` reports it in one line and exits with status 1.
-
-Lightning's ``SpikeDetection`` is not used for this: it checks after the optimizer step (the
-weights are already NaN), ignores the first ``warmup`` batches of every epoch, names the batch
-within the epoch rather than the step, and adds a barrier and a collective to every step.
-The check here costs one device-to-host sync per step (none extra on CPU).
+One optimizer step with a non-finite loss's gradients makes every weight NaN, and every later
+checkpoint a dead model. Checked in ``on_before_backward``, so the weights in memory and in
+``last.ckpt`` (which ``Checkpoint`` leaves as it was) are the last finite ones. Lightning's
+``SpikeDetection`` checks after the optimizer step, skips each epoch's first ``warmup`` batches
+and adds a collective to every step; this costs one device-to-host sync a step.
 """
 
 from __future__ import annotations
@@ -26,13 +19,11 @@ from errors import NonFiniteLossError
 
 
 class StopOnNonFiniteLoss(Callback):
-    """Raise :class:`NonFiniteLossError` on the first non-finite training loss.
-    ``train.py`` always adds it."""
+    """Raise :class:`NonFiniteLossError`, naming the step, on the first non-finite loss."""
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule,
                            loss: Tensor) -> None:
-        # A scalar's .item() is the cheapest check on CPU (~1 us against ~15 for isfinite().all()
-        # and bool()); on a GPU either is one device-to-host sync.
+        # A scalar's .item() is the cheapest check on CPU (~1 us against ~15 for isfinite()).
         if math.isfinite(loss.item()) if loss.numel() == 1 else bool(loss.isfinite().all()):
             return
         value = loss.detach().float().cpu()
@@ -50,4 +41,3 @@ def all_finite(module: torch.nn.Module) -> bool:
     """True if every parameter and buffer is finite (worth saving)."""
     tensors = [*module.parameters(), *module.buffers()]
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
-

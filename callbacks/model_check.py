@@ -15,23 +15,13 @@ from errors import DataError
 
 class CheckModelTakesData(Callback):
     """Runs one validation (else training) sample through ``pl_module(inputs)``, in eval mode
-    and without gradients, when fit sets up, for datamodules that expose their ``datasets``
-    (this template's do). Two things follow, for any module whose ``forward`` takes the batch's
-    inputs:
-
-    * a model that does not fit the data (``in_features`` or ``in_channels`` unlike the data's)
-      fails in one line naming the sample's shape, before the first training step, instead of a
-      traceback from inside the sanity check;
-    * lazy layers (``nn.LazyLinear``, ``nn.LazyConv2d``) get their shapes before the optimizer
-      and DDP see the parameters (DDP refuses uninitialised ones).
-
-    A module without ``forward``, whose ``forward`` does not take the inputs alone, or that
-    builds its layers in its own ``setup``/``configure_model`` (after this), is left to
-    Lightning. With a LightningDataModule of the user's own, the check runs only when the
-    module has lazy layers, on its first validation (else training) batch.
-    Skipped for compiled backbones (``compile_backbone``): compiling twice costs more than it
-    saves.
-    """
+    without gradients, when fit sets up: a model unlike the data (``in_features``,
+    ``in_channels``) fails in one line naming the sample's shape instead of a traceback from the
+    sanity check, and lazy layers get their shapes before the optimizer and DDP (which refuses
+    them) see the parameters. A module without a ``forward`` of the inputs alone, or that builds
+    its layers in its own ``setup``/``configure_model``, is left to Lightning; so is a compiled
+    backbone (compiling twice costs more than it saves). A datamodule without this template's
+    ``datasets`` gives its first validation (else training) batch, for lazy layers only."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit" or getattr(pl_module, "hparams", {}).get("compile_backbone"):
@@ -47,9 +37,7 @@ class CheckModelTakesData(Callback):
             with torch.no_grad():
                 pl_module(inputs)
         except (TypeError, NotImplementedError, AttributeError):
-            # No forward, one that takes more than the inputs, or layers built later (in the
-            # module's setup or configure_model): left to Lightning.
-            return
+            return  # no forward, one that takes more than the inputs, or layers built later
         except RuntimeError as error:
             shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs)
             first_line = str(error).strip().splitlines()[0]
@@ -62,21 +50,17 @@ class CheckModelTakesData(Callback):
 
     @staticmethod
     def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:
-        """One sample as a batch: from this template's datamodules' ``datasets``; from any
-        other LightningDataModule only when the module has lazy layers (its first validation,
-        else training, batch: the loader is started once for it)."""
+        """One sample as a batch, or None where there is nothing to check."""
         datamodule = trainer.datamodule
-        if datamodule is None:
-            return None
         datasets = getattr(datamodule, "datasets", None)
         if isinstance(datasets, dict):
             dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())),
                            None)
             return None if dataset is None else default_collate([dataset[0]])
-        if not any(is_lazy(p) for p in pl_module.parameters()):
+        if datamodule is None or not any(is_lazy(p) for p in pl_module.parameters()):
             return None
         for hook in ("val_dataloader", "train_dataloader"):
-            if is_overridden(hook, datamodule):
+            if is_overridden(hook, datamodule):  # the loader is started once for it
                 loader = getattr(datamodule, hook)()
                 loader = loader[0] if isinstance(loader, (list, tuple)) else loader
                 return next(iter(loader), None)

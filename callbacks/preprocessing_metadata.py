@@ -10,15 +10,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 class PreprocessingMetadata(Callback):
     """Saves ``datamodule.preprocessing()`` (read mode, input shape after the eval transforms,
-    normalisation) as ``checkpoint["preprocessing"]``, for datamodules that describe it.
-
-    The transforms themselves are objects, not saved hyperparameters, so without this the
-    checkpoint would not say what input size and scaling the network was trained on.
-    """
+    normalisation: the transforms are objects, not saved hyperparameters) as
+    ``checkpoint["preprocessing"]``, for datamodules that describe it."""
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         describe = getattr(trainer.datamodule, "preprocessing", None)
-        metadata = describe() if callable(describe) else None
-        if metadata:
+        if callable(describe) and (metadata := describe()):
             checkpoint["preprocessing"] = metadata

@@ -31,9 +31,8 @@ from errors import DataError
 
 
 def mostly_numbers(cells: pd.Series) -> bool:
-    """A numeric column, or one pandas read as text although most of its filled cells are
-    numbers: one stray cell ('?', '1,5') makes the whole column text, and leaving it out
-    would drop a feature silently. Its bad cells are then reported per row."""
+    """A numeric column, or one read as text because of a stray cell ('?', '1,5') while most of
+    its filled cells are numbers: a feature, whose bad cells are reported per row."""
     if pd.api.types.is_numeric_dtype(cells):
         return True
     filled = cells.dropna()
@@ -78,7 +77,6 @@ class InMemoryImageDataset(Dataset):
     def __getitem__(self, index: int) -> Any:
         image = cell_to_image(self.cells[index], self.mode)
         if self.transform is not None:
-            # Seeded per draw by the training sampler: see datamodules.samplers.SeededIndex.
             image = call_with_seed(self.transform, image, seed=getattr(index, "seed", None))
         return image if self.targets is None else (image, self.targets[index])
 
@@ -147,8 +145,8 @@ class DataFrameDataModule(TableDataModule):
         self.train_transforms = train_transforms or self.eval_transforms
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.mean: np.ndarray | None = None
-        self._headers: dict[Path, Header] = {}  # size and mode of each checked image file
         self.std: np.ndarray | None = None
+        self._headers: dict[Path, Header] = {}  # size and mode of each checked image file
         self.trained_features: list[str] | None = None  # from a checkpoint: predict uses them
         if self.task == "segmentation" and image_column is None:
             raise DataError("task: segmentation needs image_column (image paths) beside "
@@ -165,8 +163,7 @@ class DataFrameDataModule(TableDataModule):
 
     @property
     def num_features(self) -> int | None:
-        """Feature columns per row (None with ``image_column``): what an MLP's ``in_features``
-        needs, counted from the table instead of by hand."""
+        """Feature columns per row (an MLP's ``in_features``); None with ``image_column``."""
         if self.image_column is not None:
             return None
         return len(self.features(self.table_and_splits()[0]))
@@ -188,13 +185,12 @@ class DataFrameDataModule(TableDataModule):
         return [c for c in table.columns if c not in reserved and mostly_numbers(table[c])]
 
     def feature_values(self, table: pd.DataFrame) -> np.ndarray:
-        """The feature columns as float64; a column read as text because of a stray cell
-        holds numbers once the rows with bad cells are refused or skipped."""
+        """The feature columns as float64 (rows with bad cells are refused or skipped by now)."""
         return table[self.features(table)].apply(pd.to_numeric).to_numpy(dtype=np.float64)
 
     def say_columns_left_out(self, table: pd.DataFrame) -> None:
-        """With ``feature_columns: null``, name the columns that are not features: a text
-        column a user meant as a feature would otherwise vanish without a word."""
+        """With ``feature_columns: null``, name the columns that are not features, which would
+        otherwise vanish without a word."""
         if self.feature_columns or self.trained_features is not None:
             return
         reserved = set(super().required_columns())
@@ -228,8 +224,8 @@ class DataFrameDataModule(TableDataModule):
 
     def check_batches_stack(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]
                             ) -> None:
-        """Image files of a split must stack into batches after its transforms (see
-        :func:`check_samples_stack`); encoded bytes and arrays in the column are not probed."""
+        """Image files of a split must stack into batches after its transforms; encoded bytes
+        and arrays in the column are not probed."""
         if self.image_column is None or self.batch_size == 1 or not self._headers:
             return
         for split, rows in split_rows.items():
@@ -302,9 +298,8 @@ class DataFrameDataModule(TableDataModule):
         return super().predict_dataloader()
 
     def preprocessing(self) -> dict[str, Any] | None:
-        """What a model exported without this code needs to know about its input: the feature
-        columns in order and their standardisation (saved in checkpoints by
-        :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`). None for images
+        """The feature columns in order and their standardisation, which a model exported
+        without this code needs (saved by callbacks.preprocessing_metadata); None for images
         and before the table is read."""
         if self.image_column is not None or self._table is None:
             return None
@@ -339,6 +334,6 @@ def non_finite_feature_problems(table: pd.DataFrame, columns: Sequence[str]) -> 
         for position in np.flatnonzero(~np.isfinite(values)):
             raw = table[column].iloc[position]
             raw = raw.item() if hasattr(raw, "item") else raw  # nan, not np.float64(nan)
-            message = f"feature {column!r} is {raw!r}, not a finite number"
-            problems.append(Problem(int(position), message))
+            problems.append(Problem(int(position), f"feature {column!r} is {raw!r}, not a "
+                                                   "finite number"))
     return sorted(problems, key=lambda p: p.row)

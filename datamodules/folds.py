@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from datamodules.tasks import plain
 from errors import DataError
 
 
@@ -32,7 +33,7 @@ def fold_assignment(data: Any, table: pd.DataFrame, fixed: dict[str, np.ndarray]
     if not 0 <= data.fold < data.folds:
         raise DataError(f"fold {data.fold} does not exist: folds are 0 to {data.folds - 1}")
     rest = np.sort(np.concatenate([fixed["train"], fixed["val"]]))
-    labels = data.strata(table)[rest]
+    labels = data.task_targets.strata(table)[rest]
     try:
         return rest, stratified_folds(labels, data.folds, data.split_seed + 1)
     except ValueError as error:
@@ -50,28 +51,23 @@ def fold_table(data: Any) -> pd.DataFrame:
     columns = {"row": np.arange(len(table))}
     if data.input_column is not None:
         columns[data.input_column] = table[data.input_column].to_numpy()
-    return pd.DataFrame({**columns, "stratum": data.strata(table), "part": part})
+    return pd.DataFrame({**columns, "stratum": data.task_targets.strata(table), "part": part})
 
 
 def stratified_folds(labels: Sequence[object], folds: int, seed: int) -> np.ndarray:
-    """The fold (0 .. folds-1) of each row, for k-fold cross-validation.
-
-    Each class's rows are shuffled (from ``seed`` alone), the classes are laid end to end and
-    the rows dealt out to the folds in turn. So every fold holds each class's rows to within
-    one, and the folds' sizes differ by at most one row, which scikit-learn's
-    ``StratifiedKFold`` does not promise. Raises ``ValueError`` when a class has fewer rows
-    than folds (a fold would have none of it to validate on).
-    """
+    """The fold (0 .. folds-1) of each row: each class's rows shuffled (from ``seed`` alone),
+    the classes laid end to end and the rows dealt out to the folds in turn, so every fold
+    holds each class's rows to within one and the folds' sizes differ by at most one row
+    (scikit-learn's ``StratifiedKFold`` does not promise that). ``ValueError`` where a class
+    has fewer rows than folds."""
     if folds < 2:
         raise ValueError(f"folds must be at least 2, got {folds}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
     if len(counts) and counts.min() < folds:
-        smallest = classes[counts.argmin()]
-        smallest = smallest.item() if isinstance(smallest, np.generic) else smallest
-        raise ValueError(f"{folds} folds, but class {smallest!r} has only {counts.min()} rows "
-                         "to spread over them")
+        raise ValueError(f"{folds} folds, but class {plain(classes[counts.argmin()])!r} has "
+                         f"only {counts.min()} rows to spread over them")
     order = np.concatenate([rng.permutation(np.flatnonzero(labels == value))
                             for value in classes]) if len(classes) else np.array([], dtype=int)
     assignment = np.empty(len(labels), dtype=int)

@@ -1,5 +1,5 @@
 """What a checkpoint records about the training data, so that a resumed run continues the same
-draw or refuses in one line.
+draw or refuses in one line. Imported when a checkpoint is saved or resumed.
 
 Two gaps this fills:
 
@@ -23,27 +23,34 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from lightning.pytorch import Trainer
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from datamodules.base import ResumableLoader, global_seed
 from errors import DataError
 
+__all__ = ["ResumableLoader", "check_resumable", "resume_state", "training_data_settings"]
 
-class ResumableLoader(StatefulDataLoader):
-    """torchdata's ``StatefulDataLoader``, which records the position of the last batch handed to
-    training (not of those its workers prefetched), with a switch to ignore a loaded state.
 
-    A run resumed from an epoch-end checkpoint starts a new epoch and needs no position.
-    Lightning restores the finished epoch's state anyway, and that state may come from another
-    number of workers or processes, which ``StatefulDataLoader`` cannot load.
-    """
+def resume_state(data: Any, loader: StatefulDataLoader) -> dict[str, Any]:
+    """What ``data`` (a TableDataModule) saves in a checkpoint taken while fitting."""
+    state: dict[str, Any] = {"training_data": data.resume_settings(),
+                             "train_loader": loader.state_dict()}
+    state["inside_epoch"], state["resume_epoch"] = resume_point(data.trainer)
+    return state
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.accept_loaded_state = True
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self.accept_loaded_state:
-            super().load_state_dict(state_dict)
+def resume_point(trainer: Trainer) -> tuple[bool, int]:
+    """Whether a checkpoint taken now is inside an epoch, and the epoch a run resumed from
+    it continues in. Lightning counts an epoch as processed just before
+    ``on_train_epoch_end`` (after its last batch and validation); after the last epoch
+    that count is the final one."""
+    if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True, trainer.current_epoch
+    epochs = trainer.fit_loop.epoch_progress.current  # (FitLoop.done would change them)
+    if trainer.max_epochs not in (None, -1) and epochs.processed >= trainer.max_epochs:
+        return False, epochs.processed
+    return False, epochs.completed + 1
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:
@@ -58,24 +65,24 @@ def table_fingerprint(table: pd.DataFrame) -> str:
                 lambda v: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest())
             column = pd.util.hash_pandas_object(column, index=False)
         columns.append(column.to_numpy())
-    digest = hashlib.sha256(b"".join(c.tobytes() for c in columns))
-    return digest.hexdigest()[:12]
+    return hashlib.sha256(b"".join(c.tobytes() for c in columns)).hexdigest()[:12]
 
 
-def training_data_settings(source: str, train_table: pd.DataFrame, sampler: str,
-                           sampler_options: dict[str, Any], seed: int, batch_size: int,
-                           processes: int, num_workers: int) -> dict[str, Any]:
+def training_data_settings(data: Any) -> dict[str, Any]:
     """The settings a training epoch's sequence of batches depends on, as plain values."""
+    train = data.split_tables["train"]
+    options = {"weighted": {"weight_column": data.weight_column},
+               "subset_random": {"subset_fraction": data.subset_fraction}}.get(data.sampler, {})
     return {
-        "data": source,
-        "training rows": len(train_table),
-        "training split": table_fingerprint(train_table),
-        "sampler": sampler,
-        **{f"sampler {name}": value for name, value in sampler_options.items()},
-        "seed": seed,
-        "batch_size": batch_size,
-        "processes": processes,
-        "num_workers": num_workers,
+        "data": data.source,
+        "training rows": len(train),
+        "training split": table_fingerprint(train),
+        "sampler": data.sampler,
+        **{f"sampler {name}": value for name, value in options.items()},
+        "seed": global_seed(),
+        "batch_size": data.batch_size,
+        "processes": data.trainer.world_size if data.trainer else 1,
+        "num_workers": data.loader_workers(),
     }
 
 

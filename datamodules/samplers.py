@@ -1,20 +1,12 @@
-"""Training samplers that stay correct under DDP.
+"""Training samplers that stay correct under DDP and resume inside an epoch.
 
 Every rank draws the *same* global sequence from ``(seed, epoch)`` and keeps a strided shard of
-it, so shards are disjoint, the draw changes every epoch, and a seed reproduces the run. They
-subclass ``DistributedSampler`` on purpose: Lightning then uses them as they are instead of
-wrapping them in ``DistributedSamplerWrapper`` (which is only right when every rank's inner
-sampler happens to draw identically, the bug behind Lightning #10946/#12866), and its loops call
-``set_epoch`` on them.
-
-Each index they yield is a :class:`SeededIndex`: an ``int`` that also carries a seed drawn from
-(seed, epoch, position in the draw). A dataset runs its random per-sample transforms under that
-seed (:func:`call_with_seed`), so augmentation depends on neither the number of loader workers
-nor how long they live, and a resumed run augments exactly as the uninterrupted run did.
-
-They are also resumable inside an epoch (``state_dict``/``load_state_dict``): torchdata's
-``StatefulDataLoader`` saves the sampler's state with each batch it hands out, and a restored
-sampler continues the same epoch's draw after the last index that reached training.
+it, so shards are disjoint and a seed reproduces the run. They subclass ``DistributedSampler`` so
+that Lightning uses them as they are instead of wrapping them in ``DistributedSamplerWrapper``
+(only right when every rank's inner sampler draws identically: Lightning #10946/#12866), and
+calls their ``set_epoch``. Each index carries a seed for its sample's random transforms
+(:class:`SeededIndex`), and torchdata's ``StatefulDataLoader`` saves their position
+(``state_dict``) with each batch it hands out.
 """
 
 from __future__ import annotations
@@ -31,12 +23,10 @@ T = TypeVar("T")
 
 
 class SeededIndex(int):
-    """A dataset index that carries the random seed for this one draw of the sample.
-
-    It is an ``int`` everywhere (list and tensor indexing, comparisons), so datasets that know
-    nothing of seeds work unchanged; it travels through the loader's index queue to worker
-    processes with the index, which no per-dataset epoch counter would do reliably.
-    """
+    """A dataset index (an ``int`` everywhere) that carries the random seed of this one draw of
+    the sample to whichever worker loads it: a dataset runs its random transforms under it
+    (:func:`call_with_seed`), so augmentation depends neither on the loader workers nor on
+    resuming."""
 
     seed: int
 
@@ -53,15 +43,14 @@ class SeededIndex(int):
 
 
 def call_with_seed(function: Callable[..., T], *args: Any, seed: int | None) -> T:
-    """``function(*args)`` with torch's CPU generator seeded by ``seed``, then put back as it was,
-    so the caller's random stream (the main process's, with ``num_workers=0``) does not move.
-    torchvision's v2 transforms draw from this generator. ``seed=None`` just calls it."""
+    """``function(*args)`` with torch's CPU generator (torchvision's v2 transforms draw from it)
+    seeded by ``seed``, then put back, so the main process's stream does not move."""
     if seed is None:
         return function(*args)
     generator = torch.random.default_generator  # CPU only: CUDA streams untouched
     if get_worker_info() is not None:
-        # A loader worker's stream is its own and only ever used under these seeds: no need to
-        # put it back (saving and restoring costs ~10 us, as much as a small transform).
+        # A worker's stream is only ever used under these seeds: not putting it back saves
+        # ~10 us, as much as a small transform.
         generator.manual_seed(seed)
         return function(*args)
     state = generator.get_state()
@@ -73,8 +62,8 @@ def call_with_seed(function: Callable[..., T], *args: Any, seed: int | None) -> 
 
 
 class EpochSeededSampler(DistributedSampler):
-    """Base class: subclasses say how to draw the global order; this class shards it and
-    remembers how far into the epoch's shard it got."""
+    """Subclasses draw the global order; this class shards it and remembers how far into the
+    epoch's shard it got."""
 
     def __init__(self, num_draws: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(range(num_draws), num_replicas=num_replicas, rank=rank, shuffle=False,
@@ -85,11 +74,9 @@ class EpochSeededSampler(DistributedSampler):
     def global_order(self, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
-    # The position is kept only for the epoch the sampler is set to when the state is loaded:
-    # Lightning builds a resumed run's loader iterator (and workers start drawing indices)
-    # before its own set_epoch, so whoever restores sets the resumed epoch first
-    # (``datamodules.base`` does). A state saved at the end of an epoch then positions nothing:
-    # the next epoch starts from its start.
+    # A loaded position holds only for the epoch the sampler is set to: Lightning builds a
+    # resumed run's loader iterator before its own set_epoch, so whoever restores sets the
+    # resumed epoch first (datamodules.base does); an epoch-end state then positions nothing.
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "yielded": self.yielded, "num_replicas": self.num_replicas}
 
@@ -104,7 +91,7 @@ class EpochSeededSampler(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self._resume_at = 0  # a loaded position belongs to the epoch it was loaded for
+            self._resume_at = 0
         super().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[SeededIndex]:
@@ -118,13 +105,12 @@ class EpochSeededSampler(DistributedSampler):
         """This rank's indices for ``self.epoch``, each with its per-sample seed."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self.global_order(generator)
-        # Pad by repeating the start so every rank gets the same number of batches, as
-        # DistributedSampler does (a rank with fewer batches would hang the others).
+        # Pad by repeating the start, as DistributedSampler does: a rank with fewer batches
+        # would hang the others.
         while len(order) < self.total_size:
             order = torch.cat([order, order[: self.total_size - len(order)]])
-        # One seed per position of the global draw, drawn after the order (which is therefore
-        # unchanged): a row drawn twice (weighted sampling) is augmented differently each time,
-        # and the seeds do not depend on the number of ranks.
+        # One seed per position of the global draw, drawn after the order: a row drawn twice
+        # is augmented differently each time, and the seeds do not depend on the ranks.
         seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
         shard = slice(self.rank, self.total_size, self.num_replicas)
         return list(map(SeededIndex, order[shard].tolist(), seeds[shard].tolist()))
@@ -149,10 +135,8 @@ class WeightedShardSampler(EpochSeededSampler):
 
     def __init__(self, weights: Sequence[float] | Tensor, num_draws: int | None = None,
                  num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        self.weights = torch.as_tensor(weights, dtype=torch.double)
-        if self.weights.ndim != 1 or not torch.isfinite(self.weights).all() or (
-            self.weights < 0
-        ).any() or self.weights.sum() <= 0:
+        self.weights = w = torch.as_tensor(weights, dtype=torch.double)
+        if w.ndim != 1 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sampler weights must be finite, non-negative and not all zero")
         super().__init__(num_draws or len(self.weights), num_replicas, rank, seed)
 
@@ -176,5 +160,4 @@ class SubsetRandomShardSampler(EpochSeededSampler):
 def class_balanced_weights(targets: Sequence[int] | Tensor) -> Tensor:
     """Per-row weight 1 / (rows of its class): every class is drawn equally often."""
     targets = torch.as_tensor(targets, dtype=torch.long)
-    counts = torch.bincount(targets).double()
-    return 1.0 / counts[targets]
+    return 1.0 / torch.bincount(targets).double()[targets]

@@ -8,16 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def stratified_split(
-    labels: Sequence[object], fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Return (kept, held_out) row indices with ``fraction`` of the rows held out per class.
-
-    As in scikit-learn, ``ceil(fraction * n)`` rows are held out in total; each class gets its
-    proportional share (largest remainders get the leftover rows), and every class with two or
-    more rows keeps at least one row on each side. The draw depends only on ``seed``, never on
-    the global RNG, so the test set stays the same whatever training seed is used.
-    """
+def stratified_split(labels: Sequence[object], fraction: float, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held_out) row indices: as in scikit-learn, ``ceil(fraction * n)`` rows held out,
+    each class its proportional share (largest remainders get the leftover rows), and a class
+    of two or more rows keeps one on each side. Drawn from ``seed`` alone, not the global RNG."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"split fraction must be in [0, 1), got {fraction}")
     labels = np.asarray(labels)
@@ -30,11 +25,8 @@ def stratified_split(
     take[by_remainder[:leftover]] += 1
     if fraction > 0:
         take = np.where(counts >= 2, np.clip(take, 1, counts - 1), take)
-
-    held_out = []
-    for value, n in zip(classes, take, strict=True):
-        rows = np.flatnonzero(labels == value)
-        held_out.append(rng.permutation(rows)[:n])
+    held_out = [rng.permutation(np.flatnonzero(labels == value))[:n]
+                for value, n in zip(classes, take, strict=True)]
     held = np.sort(np.concatenate(held_out)) if held_out else np.array([], dtype=int)
     kept = np.setdiff1d(np.arange(len(labels)), held)
     return kept, held

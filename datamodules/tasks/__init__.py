@@ -1,11 +1,11 @@
 """What the rows are for: one class per task reads the table's target columns, says what is
 wrong with them, encodes them for the model and groups rows for a stratified split.
 
-The targets reach the model as: an int64 class index (``multiclass``), a float32 multi-hot row
-(``multilabel``), float32 values in the table's units, (N,) for one column and (N, K) for
-several (``regression``), an int64 (H, W) mask (``segmentation``), nothing (``none``: the batch
-is the inputs alone). Each task lives in its own file of this package and a run imports only
-its own; this file holds task ``none``, the base of the others.
+The model gets an int64 class index (``multiclass``), a float32 multi-hot row (``multilabel``),
+float32 values in the table's units, (N,) or (N, K) (``regression``), an int64 (H, W) mask
+(``segmentation``) or nothing (``none``). Each task is the class of its own file here
+(``multiclass.py`` holds ``Multiclass``) and a run imports only its own; this file holds task
+``none``, their base.
 """
 
 from __future__ import annotations
@@ -21,21 +21,18 @@ from datamodules.validation import Problem
 from errors import DataError
 
 Task = Literal["multiclass", "multilabel", "regression", "segmentation", "none"]
-TASKS = typing.get_args(Task)
-CLASSES = {"multiclass": "multiclass.Multiclass", "multilabel": "multilabel.Multilabel",
-           "regression": "regression.Regression", "segmentation": "segmentation.Segmentation"}
 
 
 def task_targets(task: str, label_column: str | list[str] | None, label_delimiter: str | None,
                  mask_column: str | None, class_names: list[str] | None) -> NoTargets:
     """The targets of ``task``, after checking that the options express it."""
-    if task not in TASKS:
-        raise DataError(f"task: {task!r} is not one of {', '.join(TASKS)}")
+    if task not in typing.get_args(Task):
+        raise DataError(f"task: {task!r} is not one of {', '.join(typing.get_args(Task))}")
     if task == "none":
         return NoTargets()
-    module, name = CLASSES[task].rsplit(".", 1)
-    target_class = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    return target_class(columns_of(label_column), label_delimiter, mask_column, class_names)
+    columns = [label_column] if isinstance(label_column, str) else list(label_column or [])
+    target_class = getattr(importlib.import_module(f"{__name__}.{task}"), task.capitalize())
+    return target_class(columns, label_delimiter, mask_column, class_names)
 
 
 class NoTargets:
@@ -57,7 +54,7 @@ class NoTargets:
         """Refuse, in one line, a whole table that does not look like this task's."""
 
     def row_labels(self, rows: pd.DataFrame) -> list[list[str]]:
-        """Each row's class names (tasks with classes learned from the table)."""
+        """Each row's class names (tasks with ``labels_in_rows``)."""
         raise NotImplementedError
 
     def encode(self, rows: pd.DataFrame, class_names: list[str] | None) -> np.ndarray | None:
@@ -69,18 +66,12 @@ class NoTargets:
         return np.zeros(len(table), dtype=int)
 
 
-def columns_of(label_column: str | list[str] | None) -> list[str]:
-    return [] if label_column is None else (
-        [label_column] if isinstance(label_column, str) else list(label_column))
-
-
 def empty_cells(table: pd.DataFrame, column: str) -> np.ndarray:
     cells = table[column]
     return (cells.isna() | (cells.astype(str).str.strip() == "")).to_numpy()
 
 
-def missing_problems(table: pd.DataFrame, columns: list[str], what: str
-                     ) -> list[Problem]:
+def missing_problems(table: pd.DataFrame, columns: list[str], what: str) -> list[Problem]:
     """A row without a label (``what``: label or target) in one of ``columns``."""
     return [Problem(int(row), f"no {what} in column {column!r}")
             for column in columns for row in np.flatnonzero(empty_cells(table, column))]

@@ -1,6 +1,6 @@
 """Task ``multiclass``: one label column of classes (ints or strings) -> an int64 class index.
-The default task, so this file also refuses a column that holds a continuous quantity instead
-of classes: never a regression table trained silently as hundreds of classes."""
+The default task, so it refuses a column holding a continuous quantity: never a regression
+table trained silently as hundreds of classes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from datamodules.tasks import NoTargets, label_key, missing_problems, plain
 from datamodules.validation import Problem
 from errors import DataError
 
-# A label column with more distinct values than this share of its rows (and at least
-# MIN_ROWS_FOR_CLASS_CHECK rows) is taken for a continuous target and refused.
+# More distinct labels than this share of the rows (of at least MIN_ROWS_FOR_CLASS_CHECK) is a
+# continuous target.
 MAX_CLASS_SHARE = 0.5
 MIN_ROWS_FOR_CLASS_CHECK = 20
 
@@ -35,8 +35,8 @@ class Multiclass(NoTargets):
         return missing_problems(table, self.columns, "label")
 
     def check_table(self, source: str, table: pd.DataFrame, names_given: bool) -> None:
-        """Fractional numbers, or nearly one class per row, are a continuous quantity: refused
-        with the task to set (given ``class_names`` keep them as classes)."""
+        """Fractional numbers, or nearly one class per row, are refused (unless ``class_names``
+        are given)."""
         if names_given:
             return
         labels = table[self.columns[0]]
