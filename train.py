@@ -4,6 +4,7 @@
     python train.py --config configs/x.yaml  # compose configs (later files win)
     python train.py fit|validate|test|predict ...   # one stage, LightningCLI style
     python train.py --ckpt_path last         # resume the newest run of this logger name
+    python train.py predict --ckpt_path C --data.init_args.predict_path DIR   # -> predictions.csv
 
 Every ``__init__`` argument of the model, data, Trainer and callbacks is an option (``--help``,
 ``--print_config``); the default configs: ``configs/__init__.py``.

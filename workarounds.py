@@ -53,7 +53,8 @@ def read_whole_numbers_as_batch_counts() -> None:
     order: where another import built ``Union[float, int]`` first (torch 2.11, Python 3.12),
     the Trainer's ``Union[int, float]`` hints (``limit_*_batches``, ``overfit_batches``,
     ``val_check_interval``) are that float-first union and 1 parses as 1.0. Every Trainer hint
-    holding int and float is rebuilt int first (``int | float`` is not cached).
+    holding int and float is rebuilt int first (``int | float`` is not cached); where int and
+    float mean the same (``gradient_clip_val``) this changes nothing.
     """
     # One dict: functools.wraps gives the Trainer's env-defaults wrapper the same object.
     annotations = inspect.unwrap(Trainer.__init__).__annotations__

@@ -2,7 +2,8 @@
 
 Lightning ends the job when a rank it launched dies, but the failing rank's traceback does not
 name it, and when rank 0 fails the ranks it launched wait in their next collective (NCCL: until
-its timeout, minutes).
+its timeout, minutes). Only rank 0's launched processes need ending: when another rank dies,
+Lightning's child-process observer (polling every 5 s) kills the rest.
 """
 
 from __future__ import annotations

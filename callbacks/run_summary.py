@@ -63,7 +63,8 @@ class RunSummary(Callback):
         if trainer.sanity_checking or value is None:
             return
         value, best = float(value), self.best_metrics.get(monitor, math.nan)
-        if math.isnan(best) or (value > best if checkpoint.mode == "max" else value < best):
+        higher = getattr(checkpoint, "mode", "min") == "max"  # a user's Checkpoint may have none
+        if math.isnan(best) or (value > best if higher else value < best):
             self.best_metrics = _scalars(trainer.callback_metrics, "val")
             self.best_epoch = trainer.current_epoch
 

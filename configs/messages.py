@@ -1,7 +1,7 @@
-"""The one-line messages for what a user can fix, built only when something is wrong (a default
-run never imports this module): which errors train.py ends with in one line, a jsonargparse
-error condensed, a config file that is not YAML, a model asking for an optimizer object,
-``self.hparams.optimizer(...)`` under LightningCLI."""
+"""The one-line messages for what a user can fix (imported when something is wrong, a
+--config is given, or a model asks for an optimizer object): which errors train.py ends with
+in one line, a jsonargparse error condensed, a config file that is not YAML, a model asking
+for an optimizer object, ``self.hparams.optimizer(...)`` under LightningCLI."""
 
 from __future__ import annotations
 
@@ -27,22 +27,6 @@ _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type
 # "Given value: many" says what was wrong; a dump of the whole nested config does not.
 _VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
 _LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
-
-
-# The template's module for each task, for a module given data of another task.
-MODULE_FOR_TASK = {
-    "multiclass": "models.classifier.ImageClassifier",
-    "multilabel": "models.classifier.ImageClassifier (task: multilabel)",
-    "regression": "models.regressor.Regressor",
-    "segmentation": "models.segmenter.Segmenter",
-    "none": "a LightningModule of your own (task none has no targets to learn)",
-}
-
-
-def wrong_task(owner: str, task: str, serves: tuple[str, ...]) -> str:
-    use = MODULE_FOR_TASK.get(task)
-    advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
-    return f"{owner} does not learn task {task!r}{advice}"
 
 
 def one_line_for(error: BaseException) -> tuple[str, int] | None:

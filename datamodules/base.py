@@ -100,7 +100,7 @@ class TableDataModule(LightningDataModule):
             ``sweep.py --folds K``; ``val_fraction`` then no longer applies.
         fold: the fold that validates; the others train.
         sampler: ``random``, ``sequential``, ``weighted`` (by ``weight_column``, else
-            class-balanced) or ``subset_random``; all DDP-safe.
+            class-balanced for multiclass) or ``subset_random``; all DDP-safe.
         weight_column: per-row sampling weights for ``sampler: weighted``.
         subset_fraction: share of training rows used by ``sampler: subset_random``.
         skip_invalid: drop invalid rows (and log how many) instead of failing.
@@ -487,7 +487,7 @@ class TableDataModule(LightningDataModule):
         state: dict[str, Any] = {"class_names": list(self._class_names or [])}
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
         if fitting and isinstance(self._train_loader, StatefulDataLoader):
-            from datamodules.resume import resume_state
+            from datamodules.resume import resume_state  # here: resume.py imports base
 
             state.update(resume_state(self, self._train_loader))
         return state

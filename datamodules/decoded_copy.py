@@ -43,7 +43,9 @@ def lock_of(path: Path) -> Path:
 
 def load_copy(path: Path, count: int) -> Decoded | None:
     """Per path, its image (a view into the memory-mapped file) or its decoding error; None
-    when the copy cannot be read (then the files are decoded)."""
+    when there is no copy or it cannot be read (then the files are decoded)."""
+    if not path.is_file():
+        return None
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         stored = saved["images"]

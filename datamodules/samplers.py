@@ -109,8 +109,8 @@ class EpochSeededSampler(DistributedSampler):
         # would hang the others.
         while len(order) < self.total_size:
             order = torch.cat([order, order[: self.total_size - len(order)]])
-        # One seed per position of the global draw, drawn after the order: a row drawn twice
-        # is augmented differently each time, and the seeds do not depend on the ranks.
+        # One seed per position of the global draw (a row drawn twice is augmented differently,
+        # the seeds do not depend on the ranks), drawn after the order, whose stream is unchanged.
         seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
         shard = slice(self.rank, self.total_size, self.num_replicas)
         return list(map(SeededIndex, order[shard].tolist(), seeds[shard].tolist()))

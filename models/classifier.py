@@ -97,7 +97,7 @@ class ImageClassifier(LightningModule):
                                   in_channels=in_channels)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if compile_backbone:
+        if compile_backbone:  # in place: torch.compile(net) would prefix every checkpoint key
             self.net.compile(**(compile_backbone if isinstance(compile_backbone, dict) else {}))
         if self._multilabel:
             metrics = {"f1": tmc.MultilabelF1Score(num_classes, average="macro"),
@@ -219,13 +219,22 @@ def build_backbone(factory: Callable[..., nn.Module], outputs: int, *,
                                if value is not None and optim.unset_argument(factory, name)})
 
 
+MODULE_FOR_TASK = {  # the advice when a module is given data of a task it does not learn
+    "multiclass": "models.classifier.ImageClassifier",
+    "multilabel": "models.classifier.ImageClassifier (task: multilabel)",
+    "regression": "models.regressor.Regressor",
+    "segmentation": "models.segmenter.Segmenter",
+    "none": "a LightningModule of your own (task none has no targets to learn)",
+}
+
+
 def check_task(owner: str, task: str, serves: tuple[str, ...]) -> None:
     """Refuse data of a task ``owner`` does not learn, in one line naming the module to use (a
     DataError: no traceback through jsonargparse to bury the advice)."""
     if task not in serves:
-        from configs.messages import wrong_task
-
-        raise DataError(wrong_task(owner, task, serves))
+        use = MODULE_FOR_TASK.get(task)
+        advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
+        raise DataError(f"{owner} does not learn task {task!r}{advice}")
 
 
 def forget_weights_path(checkpoint: dict[str, Any]) -> None:
