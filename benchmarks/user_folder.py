@@ -9,6 +9,8 @@
 - peer: what lightning-hydra-template does: a plain LightningDataModule holding the same images
   as one uint8 tensor in memory (loaded from a ``.pt`` file, as torchvision's MNIST is), the same
   per-image transforms, the same module, ``Trainer`` fit then test.
+- template, num_workers 2: the template with a loader worker per CPU, what ``num_workers:
+  null`` chose before it used none for samples ready in memory (what that default earns).
 
 The images are scikit-learn's 1,797 real 8x8 digits, upscaled to 28x28 and shifted by up to 2
 pixels into 5,000 distinct files (no download: MNIST itself would need one). The module is
@@ -283,6 +285,10 @@ def main() -> None:
             "template, CSV + PNG folder": [sys.executable, str(REPO / "train.py"),
                                            f"--config={config}"],
             "peer, tensors in memory": [sys.executable, __file__, "--peer-run", str(tensors)],
+            # What num_workers: null chose before it left out workers for samples that are
+            # ready in memory: one per CPU.
+            "template, num_workers 2": [sys.executable, str(REPO / "train.py"),
+                                        f"--config={config}", "--data.init_args.num_workers=2"],
         }
         results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
         for round_ in range(options.rounds):
