@@ -40,7 +40,8 @@ def write_digits(root: Path) -> None:
         os.replace(staging, root)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
-        # An OSError from the rename: a concurrent run that finished first is fine.
+        # An OSError (from the rename, or writing while another run renames) is fine where a
+        # concurrent run finished first: the digits are there.
         if not isinstance(error, OSError) or not (root / "labels.csv").is_file():
             raise
 
