@@ -214,34 +214,34 @@ class ImageCSVDataModule(TableDataModule):
         paths = self.image_paths(table)
         problems: list[Problem] = []
 
-        def add(rows: Sequence[int], issues: Sequence[str | None]) -> list[int]:
-            """Record the issues of ``rows``; the rows with none so far."""
+        def keep_good(rows: list[int], issues: Sequence[str | None]) -> list[int]:
+            """Record each row's issue (one per row, None: no issue); the rows without one."""
             problems.extend(Problem(row, msg) for row, msg in zip(rows, issues, strict=True)
                             if msg)
-            bad = {p.row for p in problems}
-            return [row for row in range(len(paths)) if row not in bad]
+            return [row for row, msg in zip(rows, issues, strict=True) if not msg]
 
         rows = list(range(len(paths)))
         if self.validate_images != "off":
             # Headers only where a cache will decode every image anyway, or may (auto).
             decode = self.validate_images == "full" and self.cache_images is False
-            rows = add(rows, check_image_files(paths, self.image_root, decode, self.max_pixels,
-                                               self._headers, self.remember_checks, self._stamps))
+            rows = keep_good(rows, check_image_files(
+                paths, self.image_root, decode, self.max_pixels, self._headers,
+                self.remember_checks, self._stamps))
             masks = self.mask_paths(table)
             if masks is not None:
                 from datamodules.tasks.segmentation import check_masks
 
-                rows = add(rows, check_masks([paths[r] for r in rows], [masks[r] for r in rows],
-                                             self.image_root, len(self.class_names or []),
-                                             self.ignore_index))
+                rows = keep_good(rows, check_masks(
+                    [paths[r] for r in rows], [masks[r] for r in rows], self.image_root,
+                    len(self.class_names or []), self.ignore_index))
         good = [paths[r] for r in rows]
         if self.cache_images == "auto":
             from datamodules.cache_budget import cache_decision
 
             self.cache_images = cache_decision(self, good)
             if not self.cache_images and self.validate_images == "full":
-                add(rows, check_image_files(good, self.image_root, True, self.max_pixels,
-                                            remember=self.remember_checks))
+                keep_good(rows, check_image_files(good, self.image_root, True, self.max_pixels,
+                                                  remember=self.remember_checks))
         elif self.cache_images:
             needed = self.cached_bytes(good)
             if needed > self.cache_max_gb * 1e9:

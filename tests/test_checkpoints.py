@@ -74,7 +74,9 @@ def test_a_checkpoint_naming_untrusted_code_is_refused_by_export_and_nothing_is_
     assert not marker.exists() and "planted" not in sys.modules
 
 
-@pytest.mark.parametrize("stage", ["fit", "test", "predict"])
+# fit is the quick contract; test and predict reach the same check through use_checkpoint.
+@pytest.mark.parametrize("stage", ["fit", *(pytest.param(stage, marks=pytest.mark.slow)
+                                            for stage in ("test", "predict"))])
 def test_a_checkpoint_naming_untrusted_code_is_refused_by_train_py_in_one_line(
     run_dir: Path, digits_root: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], stage: str,
@@ -260,17 +262,22 @@ INITIAL = ["--trainer.callbacks+=callbacks.initial_weights.InitialWeights",
            "--trainer.callbacks+=tests.test_checkpoints.RecordStartWeights"]
 
 
+ONE_STEP = ["--max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+
+
+def initial_weights_from(checkpoint: Path) -> list[str]:
+    return [INITIAL[0], f"--trainer.callbacks.init_args.path={checkpoint}", INITIAL[1]]
+
+
 def test_a_new_run_starts_from_another_runs_weights_and_says_what_matched(
     run_dir: Path, digits_root: Path, digits_checkpoint: Path,
 ) -> None:
     saved = torch.load(digits_checkpoint, weights_only=True)["state_dict"]
-    weights = [INITIAL[0], f"--trainer.callbacks.init_args.path={digits_checkpoint}", INITIAL[1]]
-    one_step = ["--max_epochs=1", "--trainer.limit_train_batches=1",
-                "--trainer.limit_val_batches=1"]
+    weights = initial_weights_from(digits_checkpoint)
 
     # The same model: every tensor, and a new run (epoch 0, step 0, a new version folder).
     with log_lines() as said:
-        cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), *one_step, *weights])
+        cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), *ONE_STEP, *weights])
     (line,) = [m for m in said if m.startswith("InitialWeights")]
     assert line == (f"InitialWeights: {len(saved)} of ImageClassifier's {len(saved)} tensors "
                     f"from {digits_checkpoint}; left as initialised: none; not used from the "
@@ -280,9 +287,19 @@ def test_a_new_run_starts_from_another_runs_weights_and_says_what_matched(
     run = Path(cli.trainer.log_dir)
     assert run != digits_checkpoint.parents[1]  # a new run folder
 
+
+@pytest.mark.slow
+def test_initial_weights_give_way_to_a_resume_and_load_what_fits_another_task(
+    run_dir: Path, digits_root: Path, digits_checkpoint: Path,
+) -> None:
+    saved = torch.load(digits_checkpoint, weights_only=True)["state_dict"]
+    weights = initial_weights_from(digits_checkpoint)
+    cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), *ONE_STEP, *weights])
+    run = Path(cli.trainer.log_dir)
+
     # The same command resumed: the run's own weights continue, the file is not loaded again.
     with log_lines() as said:
-        train.main(["fit", *base_args(digits_root, run_dir / "logs"), *one_step, *weights,
+        train.main(["fit", *base_args(digits_root, run_dir / "logs"), *ONE_STEP, *weights,
                     f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     assert [m for m in said if m.startswith("InitialWeights")] == [
         f"InitialWeights: resuming from {run / 'checkpoints' / 'last.ckpt'}, so "
@@ -290,7 +307,7 @@ def test_a_new_run_starts_from_another_runs_weights_and_says_what_matched(
 
     # Another task: the backbone's tensors load, the head sized for one output does not.
     with log_lines() as said:
-        cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), *one_step, *weights,
+        cli = train.main(["fit", *base_args(digits_root, run_dir / "logs"), *ONE_STEP, *weights,
                           "--model=models.regressor.Regressor",
                           "--data.init_args.task=regression"])
     (line,) = [m for m in said if m.startswith("InitialWeights")]
