@@ -50,7 +50,6 @@ from datamodules.batch_transforms import (
     RandomHorizontalFlipBatch,
     RandomShiftBatch,
     ToFloatNormalize,
-    apply_to_inputs,
 )
 from datamodules.image_csv import ImageCSVDataModule, ImageCSVDataset
 
@@ -183,7 +182,7 @@ def main() -> None:
             # (on_after_batch_transfer picks them only while a trainer is training).
             count = 0
             for batch in cached_module.train_dataloader():
-                images, _ = apply_to_inputs(cached_module.train_batch_transforms, batch)
+                images = cached_module.train_batch_transforms(batch[0])
                 count += len(images)
             return count
 

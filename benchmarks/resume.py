@@ -6,7 +6,7 @@ which records its position) against a plain ``DataLoader``, and one step checkpo
 1. **Loader alone**: every training batch of ``--epochs`` epochs, read through the datamodule's
    ``train_dataloader()`` (same dataset, sampler, batch size and workers; only the loader class
    differs, the name ``datamodules.base.ResumableLoader`` swapped for the run: the template's
-   ``datamodules.resume.ResumableLoader`` or a plain ``DataLoader``):
+   ``ResumableLoader`` or a plain ``DataLoader``):
    - the digits default: cached uint8 images, batch 16, no loader workers;
    - 2,000 64x64 RGB PNGs decoded per sample with a random crop + flip, batch 64, 2 workers.
 2. **The default run**: ``train.py``'s fit (the clock of ``benchmarks/overhead.py``: data
@@ -44,9 +44,8 @@ from overhead import default_recipe_data, fit_clock, paired_ratio, redirected_to
 
 import datamodules.base  # noqa: E402
 import train  # noqa: E402
-from datamodules.base import TableDataModule  # noqa: E402
+from datamodules.base import ResumableLoader, TableDataModule  # noqa: E402
 from datamodules.image_csv import ImageCSVDataModule  # noqa: E402
-from datamodules.resume import ResumableLoader  # noqa: E402
 
 LOADERS: dict[str, type[DataLoader]] = {"plain DataLoader": DataLoader,
                                         "resumable (StatefulDataLoader)": ResumableLoader}

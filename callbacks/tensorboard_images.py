@@ -48,7 +48,7 @@ from torchmetrics.classification import (
 from torchvision import transforms
 from torchvision.transforms import v2
 
-from datamodules.batch_transforms import flatten_transforms
+from datamodules.base import flatten_transforms
 from datamodules.show_batch import labelled_grid
 
 # Per task: what validation_step must return (for the one line), the dict keys it may use, and

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datamodules.batch_transforms import apply_to_inputs
 from datamodules.samplers import (
     EpochSeededSampler,
     RandomShardSampler,
@@ -478,7 +478,10 @@ class TableDataModule(LightningDataModule):
             # Geometric batch transforms must move the masks with the images.
             images, masks = transform(batch[0], tv_tensors.Mask(batch[1]))
             return images, masks.as_subclass(Tensor)
-        return apply_to_inputs(transform, batch) if isinstance(batch, (tuple, list)) else batch
+        if isinstance(batch, (tuple, list)):  # (inputs, targets, ...): the inputs only
+            inputs, *rest = batch
+            return (transform(inputs), *rest)
+        return batch
 
     # -- checkpoint state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -516,6 +519,16 @@ class TableDataModule(LightningDataModule):
 
             self._resume_settings = training_data_settings(self)
         return self._resume_settings
+
+
+def flatten_transforms(transform: Any) -> Iterator[Any]:
+    """The steps of nested ``Compose`` pipelines, in order (to find e.g. their ``Normalize``)."""
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        for step in inner:
+            yield from flatten_transforms(step)
+    elif transform is not None:
+        yield transform
 
 
 def targets_tensor(targets: np.ndarray | None) -> Tensor | None:

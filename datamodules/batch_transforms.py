@@ -4,7 +4,7 @@ magnitude faster than per-image calls, and on the GPU when the batch is there.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -73,19 +73,3 @@ class ToFloatNormalize(v2.Normalize):
         # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
         out = inpt.to(torch.float32).mul_(1.0 / (255.0 * std)).sub_(mean / std)
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
-
-
-def apply_to_inputs(transform: Any, batch: Any) -> Any:
-    """Apply ``transform`` to the first element of an (inputs, targets, ...) batch."""
-    inputs, *rest = batch
-    return (transform(inputs), *rest)
-
-
-def flatten_transforms(transform: Any) -> Iterator[Any]:
-    """The steps of nested ``Compose`` pipelines, in order (to find e.g. their ``Normalize``)."""
-    inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)):
-        for step in inner:
-            yield from flatten_transforms(step)
-    elif transform is not None:
-        yield transform

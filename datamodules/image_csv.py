@@ -23,8 +23,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from datamodules.base import TableDataModule, read_table, targets_tensor
-from datamodules.batch_transforms import flatten_transforms
+from datamodules.base import TableDataModule, flatten_transforms, read_table, targets_tensor
 from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchvision.transforms import v2
 
-from datamodules.batch_transforms import flatten_transforms
+from datamodules.base import flatten_transforms
 
 if TYPE_CHECKING:
     from datamodules.image_csv import ImageCSVDataModule

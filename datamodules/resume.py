@@ -26,10 +26,8 @@ import pandas as pd
 from lightning.pytorch import Trainer
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from datamodules.base import ResumableLoader, global_seed
+from datamodules.base import global_seed
 from errors import DataError
-
-__all__ = ["ResumableLoader", "check_resumable", "resume_state", "training_data_settings"]
 
 
 def resume_state(data: Any, loader: StatefulDataLoader) -> dict[str, Any]:

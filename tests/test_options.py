@@ -28,6 +28,7 @@ OPTIONS: dict[str, tuple[list[str], list[tuple[str, str]]]] = {
     "fine-tuning": (["callbacks/finetuning.py", "configs/transfer.yaml"], []),
     "lr finder": (["callbacks/lr_finder.py", "configs/lr_find.yaml"], []),
     "initial weights": (["callbacks/initial_weights.py"], []),
+    "batch augmentations": (["datamodules/batch_transforms.py"], []),
     "early stopping": (["configs/callbacks.yaml"], []),
     "benchmarks": (["benchmarks"], []),
     "contract checks": (["check.py"], [("train.py", 'argv[0] == "check"'),
