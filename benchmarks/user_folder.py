@@ -1,7 +1,7 @@
 """A user's own image folder through the template against the in-memory peer, side by side:
 5,000 28x28 grayscale PNGs + a CSV, lightning-hydra-template's MNIST module, batch 128, 5 epochs.
 
-    python benchmarks/user_folder.py [--rounds 4] [--threads 2]
+    python benchmarks/user_folder.py [--rounds 4] [--threads 2] [--epochs 5]
 
 - template: ``train.py --config user.yaml`` as the README's "Your own data" section writes it
   (an ImageCSVDataModule on the CSV + folder, per-image ``ToDtype`` + ``Normalize``), fit then
@@ -173,7 +173,7 @@ class MNISTLitModule(LightningModule):
 
 
 # -- the peer: images as tensors in memory -----------------------------------------------------
-def peer_run(tensors: Path) -> None:
+def peer_run(tensors: Path, epochs: int) -> None:
     from lightning.pytorch import LightningDataModule, Trainer, seed_everything
     from torch.utils.data import DataLoader, Dataset
     from torchvision.transforms import v2
@@ -211,7 +211,7 @@ def peer_run(tensors: Path) -> None:
 
     seed_everything(0)
     data, model = Data(), MNISTLitModule()
-    trainer = Trainer(max_epochs=EPOCHS, enable_progress_bar=False,
+    trainer = Trainer(max_epochs=epochs, enable_progress_bar=False,
                       default_root_dir=str(tensors.parent / "peer_logs"))
     trainer.fit(model, datamodule=data)
     trainer.test(model, datamodule=data, ckpt_path="best")
@@ -269,22 +269,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--peer-run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--template-only", nargs="*", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.peer_run:
-        return peer_run(options.peer_run)
+        return peer_run(options.peer_run, options.epochs)
 
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         csv, tensors = make_folder(workdir / "data")
         config = workdir / "user.yaml"
         config.write_text(USER_CONFIG.format(csv=csv, batch=BATCH, mean=MEAN, std=STD,
-                                             epochs=EPOCHS))
+                                             epochs=options.epochs))
         variants = {
             "template, CSV + PNG folder": [sys.executable, str(REPO / "train.py"),
                                            f"--config={config}"],
-            "peer, tensors in memory": [sys.executable, __file__, "--peer-run", str(tensors)],
+            "peer, tensors in memory": [sys.executable, __file__, "--peer-run", str(tensors),
+                                        f"--epochs={options.epochs}"],
             # What num_workers: null chose before it left out workers for samples that are
             # ready in memory: one per CPU.
             "template, num_workers 2": [sys.executable, str(REPO / "train.py"),
@@ -296,8 +298,8 @@ def main() -> None:
             for name in order:
                 results[name].append(timed(variants[name], workdir, options.threads))
     peer = results["peer, tensors in memory"]
-    print(f"{IMAGES} {SIZE}x{SIZE} PNGs, MNISTLitModule, batch {BATCH}, {EPOCHS} epochs + test, "
-          f"{options.threads} threads; medians of {options.rounds} alternating rounds")
+    print(f"{IMAGES} {SIZE}x{SIZE} PNGs, MNISTLitModule, batch {BATCH}, {options.epochs} epochs "
+          f"+ test, {options.threads} threads; medians of {options.rounds} alternating rounds")
     print("| variant | wall (s) | / peer | model built (s) | fit start (s) | first step (s) "
           "| epoch (s) | / peer |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
