@@ -20,7 +20,7 @@ import train
 from datamodules.validation import load_image
 from models import export
 from models.classifier import ImageClassifier
-from tests.conftest import REPO, run_train_subprocess
+from tests.conftest import REPO, log_lines, run_train_subprocess
 
 # Word labels, so "labels are class names" cannot pass by printing indices.
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -191,6 +191,24 @@ def test_predict_from_a_table_keeps_its_row_order_and_relative_paths(
     table = pd.read_csv(trained.ckpt.parent.parent / "predictions.csv")  # the default output
     assert list(table["path"]) == [str(p) for p in rows]
     assert set(table["label"]) <= set(WORDS)
+
+
+@pytest.mark.slow
+def test_predict_with_the_runs_own_config_still_writes_the_predictions(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The run's config.yaml holds the whole callbacks list of fit, which replaces the list
+    # predict.yaml appends the writer to.
+    monkeypatch.chdir(tmp_path)
+    run_dir = trained.ckpt.parent.parent
+    output = run_dir / "predictions.csv"
+    output.unlink(missing_ok=True)
+    with log_lines() as said:
+        train.main(["predict", "--config", str(run_dir / "config.yaml"),
+                    f"--ckpt_path={trained.ckpt}",
+                    f"--data.init_args.predict_path={trained.predict_dir}"])
+    assert any("no prediction writer; added PredictionCSVWriter" in line for line in said)
+    assert len(pd.read_csv(output)) == READABLE
 
 
 def test_predict_without_a_checkpoint_is_refused(
