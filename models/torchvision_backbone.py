@@ -38,7 +38,8 @@ class TorchvisionBackbone(nn.Module):
         name: any name from ``torchvision.models.list_models(module=torchvision.models)``,
             e.g. ``resnet18``, ``efficientnet_b0``, ``convnext_tiny``, ``vit_b_16``.
         in_channels: input channels; the first convolution is rebuilt for them when not 3
-            (1 for grayscale).
+            (1 for grayscale). None (unset): the data's, which ``ImageClassifier`` passes, else
+            the model's own (3).
         weights_path: a local file with pretrained weights: a ``state_dict`` of the torchvision
             model (``torch.save(resnet18(weights="DEFAULT").state_dict(), path)``), or a
             checkpoint of this project with this backbone. Head tensors of another number of
@@ -56,7 +57,7 @@ class TorchvisionBackbone(nn.Module):
         self,
         num_classes: int,
         name: str = "resnet18",
-        in_channels: int = 3,
+        in_channels: int | None = None,
         weights_path: str | None = None,
         small_input: bool = False,
         model_kwargs: dict[str, Any] | None = None,
@@ -71,12 +72,13 @@ class TorchvisionBackbone(nn.Module):
         self.model = torchvision.models.get_model(
             name, weights=None, num_classes=num_classes, **(model_kwargs or {}))
         stem_name, stem = _first_conv(self.model)
+        channels = stem.in_channels if in_channels is None else in_channels
         replaced = []
         if small_input:
-            self._use_small_input_stem(name, in_channels)
+            self._use_small_input_stem(name, channels)
             replaced = [f"{stem_name}.weight", f"{stem_name}.bias"]
-        elif in_channels != stem.in_channels:
-            self.model.set_submodule(stem_name, _conv_like(stem, in_channels))
+        elif channels != stem.in_channels:
+            self.model.set_submodule(stem_name, _conv_like(stem, channels))
         self.head_name = _head_name(self.model, num_classes)
         if weights_path is not None:
             load_pretrained(

@@ -64,6 +64,23 @@ def test_resnet18_by_name_trains_through_train_py_and_reloads_without_arguments(
         assert torch.equal(again.model.state_dict()[key], tensor.cpu()), key
 
 
+def test_a_torchvision_backbone_without_in_channels_gets_the_datas() -> None:
+    from collections.abc import Callable
+
+    from jsonargparse import ArgumentParser
+    from torch import nn
+
+    # The README's backbone config, as LightningCLI hands it to ImageClassifier: a partial
+    # holding every init argument; GRAY data links in_channels 1.
+    parser = ArgumentParser()
+    parser.add_argument("--backbone", type=Callable[[int], nn.Module])
+    config = parser.parse_args(["--backbone=models.torchvision_backbone.TorchvisionBackbone",
+                                "--backbone.small_input=true"])
+    backbone = parser.instantiate_classes(config).backbone
+    assert ImageClassifier(backbone, num_classes=10, in_channels=1).net.model.conv1.in_channels == 1
+    assert TorchvisionBackbone(10, "resnet18").model.conv1.in_channels == 3  # built alone
+
+
 def test_unknown_torchvision_name_is_refused_with_suggestions() -> None:
     with pytest.raises(ValueError, match=r"'resnet19' is not .* Did you mean resnet18"):
         TorchvisionBackbone(10, "resnet19")
