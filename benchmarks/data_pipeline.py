@@ -136,7 +136,7 @@ def main() -> None:
         minimal = MinimalDataset([str(p) for p in paths], transform)
 
         def csv_dataset() -> int:
-            return sum(len(x) for x, _ in DataLoader(dataset, batch_size=64))
+            return sum(len(x) for x in DataLoader(dataset, batch_size=64))  # no targets: images
 
         def minimal_dataset() -> int:
             return sum(len(x) for x, _ in DataLoader(minimal, batch_size=64))
@@ -146,12 +146,12 @@ def main() -> None:
         uint8_dataset = ImageCSVDataset(paths, None, "RGB", None)
 
         def csv_dataset_batch_transforms() -> int:
-            return sum(len(transform(x)) for x, _ in DataLoader(uint8_dataset, batch_size=64))
+            return sum(len(transform(x)) for x in DataLoader(uint8_dataset, batch_size=64))
 
         fused = fused_transform()
 
         def csv_dataset_batch_fused() -> int:
-            return sum(len(fused(x)) for x, _ in DataLoader(uint8_dataset, batch_size=64))
+            return sum(len(fused(x)) for x in DataLoader(uint8_dataset, batch_size=64))
 
         folder = ImageFolder(str(root), transform=v2.Compose([v2.ToImage(), transform]))
         folder_fused = ImageFolder(str(root), transform=v2.Compose([v2.ToImage(), fused]))
@@ -167,14 +167,15 @@ def main() -> None:
         per_image = ImageCSVDataset(paths, None, "RGB", augment)
 
         def decode_per_image_augment() -> int:
-            return sum(len(x) for x, _ in DataLoader(per_image, batch_size=64))
+            return sum(len(x) for x in DataLoader(per_image, batch_size=64))
 
         batch_augment = v2.Compose([RandomShiftBatch(4), RandomHorizontalFlipBatch(),
                                     fused_transform()])
         cached_module = ImageCSVDataModule(table, cache_images=True, num_workers=0,
                                            batch_size=64, split_column=None, test_fraction=0.0,
                                            val_fraction=0.0, validate_images="header",
-                                           train_batch_transforms=batch_augment)
+                                           train_batch_transforms=batch_augment,
+                                           eval_batch_transforms=fused_transform())
         cached_module.setup("fit")
 
         def cached_batch_augment() -> int:

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchvision import transforms as transforms_v1
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -529,6 +530,25 @@ def flatten_transforms(transform: Any) -> Iterator[Any]:
             yield from flatten_transforms(step)
     elif transform is not None:
         yield transform
+
+
+def check_eval_normalises_like_training(owner: str, train: list[Any], evaluate: list[Any]
+                                        ) -> None:
+    """Refuse pipelines of which only one side (training, or validation/test/predict) has a
+    ``Normalize``: the other would see images on another scale, and its metrics or predictions
+    would be quietly wrong. ``train`` / ``evaluate``: the per-image and per-batch transforms."""
+    def normalises(transforms: list[Any]) -> bool:
+        return any(isinstance(step, (v2.Normalize, transforms_v1.Normalize))
+                   for transform in transforms for step in flatten_transforms(transform))
+
+    train_normalises, eval_normalises = normalises(train), normalises(evaluate)
+    if train_normalises != eval_normalises:
+        has, lacks = (("training", "evaluation") if train_normalises
+                      else ("evaluation", "training"))
+        raise DataError(
+            f"{owner}: the {has} transforms normalise (Normalize) but the {lacks} ones do not, "
+            f"so {lacks} would see images on another scale; give eval_transforms (or "
+            f"eval_batch_transforms) the same Normalize as training, or neither")
 
 
 def targets_tensor(targets: np.ndarray | None) -> Tensor | None:

@@ -17,7 +17,12 @@ from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.base import TableDataModule, read_table, targets_tensor
+from datamodules.base import (
+    TableDataModule,
+    check_eval_normalises_like_training,
+    read_table,
+    targets_tensor,
+)
 from datamodules.image_csv import ImageCSVDataset, ReadMode
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
@@ -143,6 +148,10 @@ class DataFrameDataModule(TableDataModule):
         to_float = v2.ToDtype(torch.float32, scale=True)
         self.eval_transforms = eval_transforms or to_float
         self.train_transforms = train_transforms or self.eval_transforms
+        if image_column is not None:
+            check_eval_normalises_like_training(
+                type(self).__name__, [self.train_transforms, self.train_batch_transforms],
+                [self.eval_transforms, self.eval_batch_transforms])
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.mean: np.ndarray | None = None
         self.std: np.ndarray | None = None

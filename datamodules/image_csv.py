@@ -23,7 +23,13 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from datamodules.base import TableDataModule, flatten_transforms, read_table, targets_tensor
+from datamodules.base import (
+    TableDataModule,
+    check_eval_normalises_like_training,
+    flatten_transforms,
+    read_table,
+    targets_tensor,
+)
 from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
@@ -168,6 +174,9 @@ class ImageCSVDataModule(TableDataModule):
         self.train_transforms = train_transforms or (
             None if self.train_batch_transforms else to_float)
         self.eval_transforms = eval_transforms or (None if self.eval_batch_transforms else to_float)
+        check_eval_normalises_like_training(
+            type(self).__name__, [self.train_transforms, self.train_batch_transforms],
+            [self.eval_transforms, self.eval_batch_transforms])
         self.validate_images = validate_images
         self.max_pixels = max_pixels
         self.remember_checks = remember_checks

@@ -559,3 +559,19 @@ def test_a_symlink_out_of_the_image_root_is_named_as_a_symlink(tmp_path: Path) -
     with pytest.raises(DataValidationError, match=rf"row 5: {link} \(a symlink to {outside}\) "
                                                   "is outside the image root"):
         data.setup("fit")
+
+
+def test_normalising_only_the_training_images_is_refused_naming_what_to_set(
+    tmp_path: Path,
+) -> None:
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    normalised = v2.Compose([to_float, v2.Normalize([0.5], [0.25])])
+    table = tmp_path / "labels.csv"
+    with pytest.raises(DataError, match=r"the training transforms normalise .* but the "
+                                        r"evaluation ones do not.*give eval_transforms"):
+        ImageCSVDataModule(table, train_transforms=normalised)
+    with pytest.raises(DataError, match="the evaluation transforms normalise"):
+        ImageCSVDataModule(table, train_transforms=to_float, eval_batch_transforms=normalised)
+    # Per image for training, per batch for evaluation: both normalise.
+    ImageCSVDataModule(table, train_transforms=normalised, eval_transforms=to_float,
+                       eval_batch_transforms=v2.Normalize([0.5], [0.25]))
