@@ -79,9 +79,6 @@ class ImageClassifier(LightningModule):
         super().__init__()
         check_task("ImageClassifier", task, ("multiclass", "multilabel"))
         self.save_hyperparameters()
-        # The values received: before Lightning 2.6, LightningCLI recorded links as unset.
-        self.hparams.update(task=task, num_classes=num_classes, class_names=class_names,
-                            in_features=in_features, in_channels=in_channels)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._multilabel = task == "multilabel"
         self._l1_params: list[nn.Parameter] | None = None

@@ -83,10 +83,7 @@ class Regressor(LightningModule):
         if num_outputs is None:
             num_outputs = len(target_mean) if target_mean else 1
         self.save_hyperparameters()
-        # The values received (linked from the data); see ImageClassifier.
-        self.hparams.update(task=task, num_outputs=num_outputs, target_names=target_names,
-                            target_mean=target_mean, target_std=target_std,
-                            in_features=in_features, in_channels=in_channels)
+        self.hparams["num_outputs"] = num_outputs  # as worked out above, for a reload
         self.num_outputs = num_outputs
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.loss_fn = LOSSES[loss]

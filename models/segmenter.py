@@ -72,9 +72,6 @@ class Segmenter(LightningModule):
             raise ValueError("Segmenter: num_classes is unknown. Give model.init_args.num_classes "
                              "or use a datamodule with `num_classes` (train.py links it).")
         self.save_hyperparameters()
-        # The values received (linked from the data); see ImageClassifier.
-        self.hparams.update(task=task, num_classes=num_classes, class_names=class_names,
-                            in_channels=in_channels)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.net = build_backbone(backbone, num_classes, in_channels=in_channels)
         # With ignore_index the masks go to MeanIoU/DiceScore one-hot, ignored pixels all
