@@ -26,7 +26,7 @@ def cache_decision(data: ImageCSVDataModule, paths: list[Path]) -> bool:
     cache = needed <= budget
     rank_zero_info(f"{data.source}: cache_images: auto: "
                    f"{'caching' if cache else 'not caching'} {len(paths)} images "
-                   f"({readable(needed)} decoded, {'within' if cache else 'over'} the "
+                   f"({readable(needed)} in memory, {'within' if cache else 'over'} the "
                    f"{readable(budget)} budget)"
                    + ("" if cache else "; set cache_images: true to force it"))
     return cache

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +28,6 @@ from torchvision.transforms import v2
 from datamodules.base import (
     TableDataModule,
     check_eval_normalises_like_training,
-    flatten_transforms,
     read_table,
     targets_tensor,
 )
@@ -61,6 +62,29 @@ def is_deterministic(transform: Any) -> bool:
     if isinstance(transform, v2.Compose):
         return all(is_deterministic(step) for step in transform.transforms)
     return transform is None or isinstance(transform, DETERMINISTIC)
+
+
+def transformed_bytes(transform: Callable[..., Any], shapes: Counter[tuple[int, int, int]],
+                      probes: int = 16) -> int:
+    """Bytes of ``transform``'s output for ``shapes`` (uint8 image shape -> count): a blank image
+    of each size goes through it; of many sizes, ``probes`` spread over their pixel counts, the
+    others scaling like the probe closest in pixels. A transform that fails on a blank image
+    counts as float32 of the input's size (the check of the samples names the failure)."""
+    sizes = sorted(shapes, key=math.prod)
+    probed = sizes if len(sizes) <= probes else [
+        sizes[round(i * (len(sizes) - 1) / (probes - 1))] for i in range(probes)]
+    per_byte = {}
+    for shape in probed:
+        try:
+            out = transform(torch.zeros(shape, dtype=torch.uint8))
+            per_byte[shape] = out.numel() * out.element_size() / math.prod(shape)
+        except Exception:  # an estimate only: the samples' check reports the error
+            per_byte[shape] = 4.0
+    total = 0.0
+    for shape, count in shapes.items():
+        nearest = min(probed, key=lambda p: abs(math.prod(p) - math.prod(shape)))
+        total += count * per_byte[nearest] * math.prod(shape)
+    return round(total)
 
 
 def readable(size: float) -> str:
@@ -254,7 +278,7 @@ class ImageCSVDataModule(TableDataModule):
             needed = self.cached_bytes(good)
             if needed > self.cache_max_gb * 1e9:
                 raise DataError(
-                    f"{self.source}: caching {len(good)} decoded images needs "
+                    f"{self.source}: caching {len(good)} images needs "
                     f"{needed / 1e9:.1f} GB, more than cache_max_gb={self.cache_max_gb}; set "
                     "cache_images: false or raise cache_max_gb")
             log.info("caching %d images (%.1f MB)", len(good), needed / 1e6)
@@ -263,9 +287,11 @@ class ImageCSVDataModule(TableDataModule):
         return sorted(problems, key=lambda p: p.row)
 
     def cached_bytes(self, paths: list[Path]) -> int:
-        """What caching ``paths`` takes: uint8, or float32 where a deterministic transform with
-        a ``ToDtype`` will run in the cache (see build_dataset)."""
-        needed = 0
+        """What caching ``paths`` takes at most: the decoded uint8 images and, where a
+        deterministic per-image transform runs once into the cache (build_dataset), what it
+        makes of them, measured on a blank image per size: ``Resize(224)`` + ``ToDtype`` turn a
+        28x28 gray digit of 784 bytes into 200,704."""
+        shapes: Counter[tuple[int, int, int]] = Counter()
         for path in paths:
             if path in self._headers:
                 width, height, mode = self._headers[path]
@@ -274,11 +300,14 @@ class ImageCSVDataModule(TableDataModule):
 
                 with Image.open(path) as image:
                     (width, height), mode = image.size, image.mode
-            needed += width * height * CHANNELS.get(self.read_mode, MODE_CHANNELS.get(mode, 4))
-        floats = any(t is not None and is_deterministic(t) and any(
-            isinstance(step, v2.ToDtype) for step in flatten_transforms(t))
-            for t in (self.train_transforms, self.eval_transforms))
-        return needed * (4 if floats else 1)
+            shapes[CHANNELS.get(self.read_mode, MODE_CHANNELS.get(mode, 4)), height, width] += 1
+        decoded = sum(count * math.prod(shape) for shape, count in shapes.items())
+        transforms = {id(t): t for t in (self.train_transforms, self.eval_transforms)
+                      if t is not None and is_deterministic(t)}.values()  # often one object
+        if not transforms:
+            return decoded
+        # A split's decoded images stay until its transformed copy is made: both at once.
+        return decoded + max(transformed_bytes(t, shapes) for t in transforms)
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         """Decode every image once, in this (main) process; workers share the tensors. With

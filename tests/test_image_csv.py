@@ -111,7 +111,8 @@ def test_cached_images_are_decoded_once_before_training_and_never_read_again(
 
 
 def test_cache_images_auto_caches_what_fits_the_budget_and_says_so(tmp_path: Path) -> None:
-    # 40 6x6 gray images, cached as float32 after the default ToDtype: 40 * 36 * 4 bytes.
+    # 40 6x6 gray images, decoded (40 * 36 bytes), then float32 after the default ToDtype
+    # (40 * 36 * 4 bytes).
     table = make_images(tmp_path, 40, ["a", "b"])
     with log_lines() as lines:
         small = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0)
@@ -123,7 +124,7 @@ def test_cache_images_auto_caches_what_fits_the_budget_and_says_so(tmp_path: Pat
         over = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_max_gb=1e-6)
         over.setup("fit")
     assert over.cache_images is False and over.datasets["train"].cache is None
-    assert any("not caching 40 images (5.8 KB decoded, over the 1.0 KB budget); set "
+    assert any("not caching 40 images (7.2 KB in memory, over the 1.0 KB budget); set "
                "cache_images: true to force it" in line for line in lines)
 
     forced = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=True,
@@ -133,6 +134,30 @@ def test_cache_images_auto_caches_what_fits_the_budget_and_says_so(tmp_path: Pat
     never = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=False)
     never.setup("fit")
     assert never.datasets["train"].cache is None
+
+
+def test_the_cache_budget_counts_what_an_upsampling_transform_makes_of_small_images(
+    tmp_path: Path,
+) -> None:
+    # 40 6x6 gray images (1,440 bytes decoded) resized to 64x64 float32 (655,360 bytes): a
+    # budget of 100 KB holds the decoded images but not what the cache would hold.
+    table = make_images(tmp_path, 40, ["a", "b"])
+    upsample = v2.Compose([v2.Resize(64), v2.ToDtype(torch.float32, scale=True)])
+    with log_lines() as lines:
+        over = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_max_gb=1e-4,
+                                  train_transforms=upsample, eval_transforms=upsample)
+        over.setup("fit")
+    assert over.cache_images is False
+    assert any("not caching 40 images (656.8 KB in memory, over the 100.0 KB budget)" in line
+               for line in lines)
+    # The count is what the cache then holds, beside the decoded images while it is built.
+    cached = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, cache_images=True,
+                                train_transforms=upsample, eval_transforms=upsample)
+    cached.setup("fit")
+    held = sum(cached.datasets[split].cache.nbytes for split in ("train", "val", "test"))
+    every_image = cached.image_paths(pd.concat(cached.split_tables.values()))
+    assert held == 40 * 64 * 64 * 4
+    assert cached.cached_bytes(every_image) == 40 * 6 * 6 + held
 
 
 def test_loaders_use_no_workers_only_where_the_samples_are_ready_in_memory(
@@ -285,8 +310,9 @@ def test_deterministic_transforms_run_once_per_cached_image_not_every_epoch(
     CountingNormalize.calls = 0
     data.setup("fit")
     after_setup = CountingNormalize.calls
-    # One call per split on its stacked images, one probe per split (the stacking check).
-    assert after_setup == 3 + 3
+    # One call per split on its stacked images, one probe per split (the stacking check), one
+    # blank image for the cache budget (one size).
+    assert after_setup == 3 + 3 + 1
     for _ in range(3):
         for _batch in data.train_dataloader():
             pass
