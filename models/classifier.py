@@ -81,7 +81,6 @@ class ImageClassifier(LightningModule):
         self.save_hyperparameters()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._multilabel = task == "multilabel"
-        self._l1_params: list[nn.Parameter] | None = None
         if num_classes is None:
             raise ValueError(
                 "ImageClassifier: num_classes is unknown. Give model.init_args.num_classes or use "
@@ -170,9 +169,8 @@ class ImageClassifier(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._shared_step(batch, "train")
         if self.hparams["l1_penalty"]:
-            if self._l1_params is None:
-                self._l1_params = self._decayed_weights()
-            l1 = self.hparams["l1_penalty"] * sum(p.abs().sum() for p in self._l1_params)
+            # The weights trainable now: a fine-tuning callback may have unfrozen more.
+            l1 = self.hparams["l1_penalty"] * sum(p.abs().sum() for p in self._decayed_weights())
             self.log("train/l1_step", l1, on_step=True, on_epoch=False)
             loss = loss + l1
         return loss
@@ -191,7 +189,6 @@ class ImageClassifier(LightningModule):
         return logits.sigmoid() if self._multilabel else logits.softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        self._l1_params = self._decayed_weights()
         return optim.optimizers_from_hparams(self, self.optimizer_factory, self.scheduler_factory)
 
     def on_train_start(self) -> None:

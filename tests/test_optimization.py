@@ -404,6 +404,21 @@ def test_l1_penalty_adds_its_gradient_to_conv_and_linear_weights_only(
     assert penalised == 4  # SmallCNN: 3 convs + the head
 
 
+def test_l1_penalty_covers_the_weights_a_fine_tuning_callback_unfreezes() -> None:
+    from models.classifier import ImageClassifier
+
+    model = ImageClassifier(num_classes=3, in_channels=1, l1_penalty=0.01).eval()
+    batch = (torch.rand(2, 1, 8, 8), torch.tensor([0, 1]))
+    model.net.features.requires_grad_(False)  # what FreezeBackbone does first
+    frozen = model.training_step(batch, 0)
+    model.net.features.requires_grad_(True)  # and at its unfreeze epoch
+    unfrozen = model.training_step(batch, 0)
+    conv_weights = [p for p in model.net.features.parameters() if p.ndim > 1]
+    assert len(conv_weights) == 3
+    torch.testing.assert_close(unfrozen - frozen,
+                               0.01 * sum(p.abs().sum() for p in conv_weights))
+
+
 # -- LR finder ------------------------------------------------------------------------------
 def test_lr_finder_config_prints_a_suggestion_saves_a_png_and_stops(
     run_dir: Path, digits_root: Path, capsys: pytest.CaptureFixture[str]
