@@ -113,7 +113,8 @@ class DataFrameDataModule(TableDataModule):
             training split only (saved in checkpoints, reused for val/test/predict).
         image_column: a column of image file paths (relative to ``image_root``), encoded bytes
             or arrays, instead of features.
-        image_root: folder for relative paths in ``image_column``.
+        image_root: folder for relative paths in ``image_column``; default: the working
+            directory (a DataFrame has no folder of its own).
         read_mode / train_transforms / eval_transforms: as for images in
             :class:`~datamodules.image_csv.ImageCSVDataModule`.
         predict_path: a table (CSV, Parquet, ...) of rows to predict, with the training
