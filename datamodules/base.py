@@ -532,23 +532,53 @@ def flatten_transforms(transform: Any) -> Iterator[Any]:
         yield transform
 
 
+def transform_steps(transform: Any) -> Iterator[Any]:
+    """A pipeline and everything in it: ``Compose``-like ``transforms`` lists and the submodules
+    of an ``nn.Module`` (an ``nn.Sequential`` of transforms)."""
+    if transform is None:
+        return
+    yield transform
+    inner = getattr(transform, "transforms", None)
+    if isinstance(inner, (list, tuple)):
+        for step in inner:
+            yield from transform_steps(step)
+    elif isinstance(transform, nn.Module):
+        for step in transform.children():
+            yield from transform_steps(step)
+
+
 def check_eval_normalises_like_training(owner: str, train: list[Any], evaluate: list[Any]
                                         ) -> None:
-    """Refuse pipelines of which only one side (training, or validation/test/predict) has a
-    ``Normalize``: the other would see images on another scale, and its metrics or predictions
-    would be quietly wrong. ``train`` / ``evaluate``: the per-image and per-batch transforms."""
-    def normalises(transforms: list[Any]) -> bool:
-        return any(isinstance(step, (v2.Normalize, transforms_v1.Normalize))
-                   for transform in transforms for step in flatten_transforms(transform))
-
-    train_normalises, eval_normalises = normalises(train), normalises(evaluate)
-    if train_normalises != eval_normalises:
-        has, lacks = (("training", "evaluation") if train_normalises
-                      else ("evaluation", "training"))
-        raise DataError(
-            f"{owner}: the {has} transforms normalise (Normalize) but the {lacks} ones do not, "
-            f"so {lacks} would see images on another scale; give eval_transforms (or "
-            f"eval_batch_transforms) the same Normalize as training, or neither")
+    """Refuse pipelines whose training side (``train``: per-image and per-batch transforms)
+    and evaluation side (validation, test, predict) normalise differently: one would see
+    images on another scale, and its metrics or predictions would be quietly wrong. A side
+    without a ``Normalize`` that holds a step of the user's own (which may normalise in its
+    code) is not judged."""
+    options = {"training": "train_transforms / train_batch_transforms",
+               "evaluation": "eval_transforms / eval_batch_transforms"}
+    found: dict[str, list[str]] = {}
+    readable: dict[str, bool] = {}
+    for side, transforms in (("training", train), ("evaluation", evaluate)):
+        steps = [step for transform in transforms for step in transform_steps(transform)]
+        found[side] = [f"Normalize(mean={[float(m) for m in step.mean]}, "
+                       f"std={[float(v) for v in step.std]})" for step in steps
+                       if isinstance(step, (v2.Normalize, transforms_v1.Normalize))]
+        readable[side] = all(type(step).__module__.startswith("torchvision.")
+                             or isinstance(step, (nn.Sequential, nn.Identity, v2.Normalize))
+                             for step in steps)
+    if found["training"] == found["evaluation"]:
+        return
+    for has, lacks in (("training", "evaluation"), ("evaluation", "training")):
+        if found[has] and not found[lacks]:
+            if not readable[lacks]:
+                return
+            raise DataError(
+                f"{owner}: the {has} transforms normalise ({', '.join(found[has])}) but the "
+                f"{lacks} ones do not, so {lacks} would see images on another scale; add the "
+                f"same Normalize to {options[lacks]}, or remove it from {options[has]}")
+    raise DataError(f"{owner}: training normalises with {', '.join(found['training'])} but "
+                    f"evaluation with {', '.join(found['evaluation'])}; give both the same "
+                    "mean and std")
 
 
 def targets_tensor(targets: np.ndarray | None) -> Tensor | None:

@@ -51,6 +51,7 @@ MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "I;16": 1, "I": 1, "LA": 2, "RGB": 3, "
 # Threads pay off for large images only: 256x256 JPEGs decode 1.8x faster on 2 threads than on
 # one, 28x28 PNGs 2x slower on 8 (the per-file work holds the GIL).
 LARGE_IMAGE_PIXELS = 128 * 128
+TRANSFORM_CHUNK = 1024  # cached images per call of a deterministic transform
 # v2 transforms whose output depends on the input alone: they draw no seed, and run once per
 # cached image instead of every epoch. Anything else counts as random.
 DETERMINISTIC = (v2.ToDtype, v2.Normalize, v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale,
@@ -65,20 +66,20 @@ def is_deterministic(transform: Any) -> bool:
 
 
 def transformed_bytes(transform: Callable[..., Any], shapes: Counter[tuple[int, int, int]],
-                      probes: int = 16) -> int:
-    """Bytes of ``transform``'s output for ``shapes`` (uint8 image shape -> count): a blank image
-    of each size goes through it; of many sizes, ``probes`` spread over their pixel counts, the
-    others scaling like the probe closest in pixels. A transform that fails on a blank image
-    counts as float32 of the input's size (the check of the samples names the failure)."""
+                      probes: int = 64) -> int:
+    """Bytes of ``transform``'s output for ``shapes`` (uint8 image shape -> count), from the
+    output's shape and dtype on a "meta" tensor (no memory, ~0.7 ms each); of many sizes,
+    ``probes`` spread over their pixel counts, the others scaling like the probe closest in
+    pixels. A transform that fails there counts as float32 of the input's size."""
     sizes = sorted(shapes, key=math.prod)
     probed = sizes if len(sizes) <= probes else [
         sizes[round(i * (len(sizes) - 1) / (probes - 1))] for i in range(probes)]
     per_byte = {}
     for shape in probed:
         try:
-            out = transform(torch.zeros(shape, dtype=torch.uint8))
+            out = transform(torch.empty(shape, dtype=torch.uint8, device="meta"))
             per_byte[shape] = out.numel() * out.element_size() / math.prod(shape)
-        except Exception:  # an estimate only: the samples' check reports the error
+        except Exception:  # an estimate only: the samples' check reports a real error
             per_byte[shape] = 4.0
     total = 0.0
     for shape, count in shapes.items():
@@ -287,10 +288,10 @@ class ImageCSVDataModule(TableDataModule):
         return sorted(problems, key=lambda p: p.row)
 
     def cached_bytes(self, paths: list[Path]) -> int:
-        """What caching ``paths`` takes at most: the decoded uint8 images and, where a
-        deterministic per-image transform runs once into the cache (build_dataset), what it
-        makes of them, measured on a blank image per size: ``Resize(224)`` + ``ToDtype`` turn a
-        28x28 gray digit of 784 bytes into 200,704."""
+        """What caching ``paths`` takes: the decoded uint8 images and, where a deterministic
+        per-image transform runs once into the cache (build_dataset), what it makes of them
+        (``Resize(224)`` + ``ToDtype`` turn a 28x28 gray digit of 784 bytes into 200,704): a
+        split's decoded images stay until its transformed copy is made."""
         shapes: Counter[tuple[int, int, int]] = Counter()
         for path in paths:
             if path in self._headers:
@@ -304,9 +305,8 @@ class ImageCSVDataModule(TableDataModule):
         decoded = sum(count * math.prod(shape) for shape, count in shapes.items())
         transforms = {id(t): t for t in (self.train_transforms, self.eval_transforms)
                       if t is not None and is_deterministic(t)}.values()  # often one object
-        if not transforms:
+        if not transforms or self.mask_column is not None:  # masks: transformed per sample
             return decoded
-        # A split's decoded images stay until its transformed copy is made: both at once.
         return decoded + max(transformed_bytes(t, shapes) for t in transforms)
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
@@ -355,7 +355,14 @@ class ImageCSVDataModule(TableDataModule):
             # epoch on 5,000 28x28 images with ToDtype + Normalize, benchmarks/user_folder.py),
             # a stacked cache in chunks (v2 takes leading batch dimensions: ~50x faster).
             if isinstance(cache, Tensor):
-                cache = torch.cat([transform(chunk) for chunk in cache.split(1024)])
+                step = TRANSFORM_CHUNK
+                out = transform(cache[:step])  # each chunk into place: one copy in memory
+                if len(cache) > step:
+                    first, out = out, torch.empty((len(cache), *out.shape[1:]), dtype=out.dtype)
+                    out[:step] = first
+                    for start in range(step, len(cache), step):
+                        out[start:start + step] = transform(cache[start:start + step])
+                cache = out
                 images: Sequence[Tensor] = list(cache)
             else:
                 images = [transform(image) for image in cache]

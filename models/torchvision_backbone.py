@@ -38,8 +38,8 @@ class TorchvisionBackbone(nn.Module):
         name: any name from ``torchvision.models.list_models(module=torchvision.models)``,
             e.g. ``resnet18``, ``efficientnet_b0``, ``convnext_tiny``, ``vit_b_16``.
         in_channels: input channels; the first convolution is rebuilt for them when not 3
-            (1 for grayscale). None (unset): the data's, which ``ImageClassifier`` passes, else
-            the model's own (3).
+            (1 for grayscale). None (unset): the data's, which the module passes, else the
+            model's own (3). Set 3 where the transforms make gray images RGB.
         weights_path: a local file with pretrained weights: a ``state_dict`` of the torchvision
             model (``torch.save(resnet18(weights="DEFAULT").state_dict(), path)``), or a
             checkpoint of this project with this backbone. Head tensors of another number of

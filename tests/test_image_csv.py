@@ -330,6 +330,24 @@ def test_deterministic_transforms_run_once_per_cached_image_not_every_epoch(
     assert data.datasets["train"].seeded and data.datasets["train"].transform is random_crop
 
 
+def test_a_cache_transformed_in_chunks_holds_each_images_own_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(image_csv, "TRANSFORM_CHUNK", 8)  # 29 training images: 4 chunks
+    table = make_images(tmp_path, 40, ["a", "b"])  # image i holds the value i
+    pipeline = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.2])])
+    data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, train_transforms=pipeline,
+                              eval_transforms=pipeline)
+    data.setup("fit")
+    for split in ("train", "val", "test"):
+        dataset = data.datasets[split]
+        assert dataset.transform is None and isinstance(dataset.cache, Tensor)
+        for i in range(len(dataset)):
+            expected = pipeline(image_csv.load_image(dataset.paths[i],
+                                                     image_csv.ImageReadMode.GRAY))
+            assert torch.equal(dataset[i][0], expected), (split, i)
+
+
 @pytest.mark.parametrize("same_size", [True, False])
 def test_cached_batches_are_the_same_images_and_targets_as_read_from_files(
     tmp_path: Path, same_size: bool
@@ -593,11 +611,25 @@ def test_normalising_only_the_training_images_is_refused_naming_what_to_set(
     to_float = v2.ToDtype(torch.float32, scale=True)
     normalised = v2.Compose([to_float, v2.Normalize([0.5], [0.25])])
     table = tmp_path / "labels.csv"
-    with pytest.raises(DataError, match=r"the training transforms normalise .* but the "
-                                        r"evaluation ones do not.*give eval_transforms"):
+    with pytest.raises(DataError, match=r"the training transforms normalise \(Normalize\(mean="
+                                        r"\[0\.5\], std=\[0\.25\]\)\) but the evaluation ones "
+                                        r"do not.*add the same Normalize to eval_transforms"):
         ImageCSVDataModule(table, train_transforms=normalised)
-    with pytest.raises(DataError, match="the evaluation transforms normalise"):
+    with pytest.raises(DataError, match=r"the evaluation transforms normalise .* add the same "
+                                        r"Normalize to train_transforms"):
         ImageCSVDataModule(table, train_transforms=to_float, eval_batch_transforms=normalised)
-    # Per image for training, per batch for evaluation: both normalise.
+    with pytest.raises(DataError, match=r"training normalises with .*std=\[0\.25\].* but "
+                                        r"evaluation with .*std=\[0\.3\]"):
+        ImageCSVDataModule(table, train_transforms=normalised,
+                           eval_transforms=v2.Compose([to_float, v2.Normalize([0.5], [0.3])]))
+    # Per image for training, per batch for evaluation; an nn.Sequential of transforms.
     ImageCSVDataModule(table, train_transforms=normalised, eval_transforms=to_float,
                        eval_batch_transforms=v2.Normalize([0.5], [0.25]))
+    ImageCSVDataModule(table, train_transforms=normalised,
+                       eval_transforms=torch.nn.Sequential(to_float, v2.Normalize([0.5], [0.25])))
+
+    class OwnNormalize(torch.nn.Module):  # normalises in its own code: not judged
+        def forward(self, x: Tensor) -> Tensor:
+            return (x.float() / 255 - 0.5) / 0.25
+
+    ImageCSVDataModule(table, train_transforms=normalised, eval_transforms=OwnNormalize())
