@@ -523,28 +523,14 @@ class TableDataModule(LightningDataModule):
 
 
 def flatten_transforms(transform: Any) -> Iterator[Any]:
-    """The steps of nested ``Compose`` pipelines, in order (to find e.g. their ``Normalize``)."""
+    """The steps of nested ``Compose`` pipelines and ``nn.Sequential`` s, in order (to find e.g.
+    their ``Normalize``)."""
     inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)):
-        for step in inner:
+    if isinstance(inner, (list, tuple)) or isinstance(transform, nn.Sequential):
+        for step in inner if isinstance(inner, (list, tuple)) else transform:
             yield from flatten_transforms(step)
     elif transform is not None:
         yield transform
-
-
-def transform_steps(transform: Any) -> Iterator[Any]:
-    """A pipeline and everything in it: ``Compose``-like ``transforms`` lists and the submodules
-    of an ``nn.Module`` (an ``nn.Sequential`` of transforms)."""
-    if transform is None:
-        return
-    yield transform
-    inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)):
-        for step in inner:
-            yield from transform_steps(step)
-    elif isinstance(transform, nn.Module):
-        for step in transform.children():
-            yield from transform_steps(step)
 
 
 def check_eval_normalises_like_training(owner: str, train: list[Any], evaluate: list[Any]
@@ -559,12 +545,12 @@ def check_eval_normalises_like_training(owner: str, train: list[Any], evaluate: 
     found: dict[str, list[str]] = {}
     readable: dict[str, bool] = {}
     for side, transforms in (("training", train), ("evaluation", evaluate)):
-        steps = [step for transform in transforms for step in transform_steps(transform)]
+        steps = [step for transform in transforms for step in flatten_transforms(transform)]
         found[side] = [f"Normalize(mean={[float(m) for m in step.mean]}, "
                        f"std={[float(v) for v in step.std]})" for step in steps
                        if isinstance(step, (v2.Normalize, transforms_v1.Normalize))]
         readable[side] = all(type(step).__module__.startswith("torchvision.")
-                             or isinstance(step, (nn.Sequential, nn.Identity, v2.Normalize))
+                             or isinstance(step, (nn.Identity, v2.Normalize))
                              for step in steps)
     if found["training"] == found["evaluation"]:
         return

@@ -355,13 +355,12 @@ class ImageCSVDataModule(TableDataModule):
             # epoch on 5,000 28x28 images with ToDtype + Normalize, benchmarks/user_folder.py),
             # a stacked cache in chunks (v2 takes leading batch dimensions: ~50x faster).
             if isinstance(cache, Tensor):
-                step = TRANSFORM_CHUNK
-                out = transform(cache[:step])  # each chunk into place: one copy in memory
-                if len(cache) > step:
-                    first, out = out, torch.empty((len(cache), *out.shape[1:]), dtype=out.dtype)
-                    out[:step] = first
-                    for start in range(step, len(cache), step):
-                        out[start:start + step] = transform(cache[start:start + step])
+                step = TRANSFORM_CHUNK  # each chunk into place: one copy in memory
+                first = transform(cache[:step])
+                out = torch.empty((len(cache), *first.shape[1:]), dtype=first.dtype)
+                out[:step] = first
+                for start in range(step, len(cache), step):
+                    out[start:start + step] = transform(cache[start:start + step])
                 cache = out
                 images: Sequence[Tensor] = list(cache)
             else:
