@@ -25,8 +25,6 @@ export        TorchScript export of ``forward`` matches PyTorch (models.export's
 This file is an option: delete it and ``train.py`` loses only the ``check`` command.
 """
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import importlib

@@ -1,7 +1,5 @@
 """The errors train.py reports in one line, without a traceback (imports nothing)."""
 
-from __future__ import annotations
-
 
 class DataError(ValueError):
     """Bad data or options, found before the first step: the message names the file, row,

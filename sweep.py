@@ -21,8 +21,6 @@ the number of workers. At the end: a table, ``best_config.yaml`` (``python train
 best_config.yaml`` trains the best trial's settings), ``trials.csv`` and plots.
 """
 
-from __future__ import annotations
-
 import argparse
 import signal
 import sys

@@ -10,8 +10,6 @@ Every ``__init__`` argument of the model, data, Trainer and callbacks is an opti
 ``--print_config``); the default configs: ``configs/__init__.py``.
 """
 
-from __future__ import annotations
-
 import inspect
 import sys
 from typing import Any

@@ -1,8 +1,6 @@
 """Workarounds for upstream behaviour. Each says what it works around; its test in
 ``tests/test_workarounds.py`` fails once upstream changes: delete both then."""
 
-from __future__ import annotations
-
 import functools
 import inspect
 import logging

@@ -27,8 +27,6 @@ less noise on a shared machine than racing worker processes and intra-op threads
 second of the process's CPU time (see ``timed``).
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import sys

@@ -14,8 +14,6 @@ difference is the decoding) and ToDtype + Normalize per image, and time ``prepar
 ``setup("fit")`` in this process, alternating; medians of the rounds.
 """
 
-from __future__ import annotations
-
 import argparse
 import gc
 import os

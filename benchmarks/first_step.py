@@ -22,8 +22,6 @@ The first run of each variant (digits written, every file checked) is reported a
 next runs (the data there, the record of checked files found unchanged), as a user meets them.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -15,8 +15,6 @@ work per image, so small batches measure how fast the host can launch kernels mo
 GPU's arithmetic; the larger batch keeps the GPU busier.
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import time

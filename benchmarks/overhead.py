@@ -35,8 +35,6 @@ The variants alternate within each round, ``--repeats`` rounds; times are median
 ratios the median of the per-round ratios (see ``paired_ratio``).
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import io

@@ -10,8 +10,6 @@ second finds every file unchanged. Printed: seconds, microseconds per file, and 
 files would take at that rate.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

@@ -18,8 +18,6 @@ within each round; the ratio (the template's fit time over the variant's: goal <
 against the bare one) is the median of the per-round ratios, which are listed too.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import statistics

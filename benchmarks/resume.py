@@ -19,8 +19,6 @@ The variants alternate within each round, which one goes first alternating betwe
 ratios are medians of per-round ratios (``overhead.paired_ratio``), times medians over rounds.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import io

@@ -7,8 +7,6 @@ Each command is a fresh interpreter (as a user runs it), alternated within each 
 table gives the median and the minimum wall time.
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import subprocess

@@ -11,8 +11,6 @@ differ a little. The variants alternate within each round, which one goes first 
 between rounds; the ratio is the median of the per-round ratios.
 """
 
-from __future__ import annotations
-
 import argparse
 import statistics
 import subprocess

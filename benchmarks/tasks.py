@@ -17,8 +17,6 @@ exact, and each image's strokes get the digit a LogisticRegression predicts from
 Each run is its own process; metrics come from its summary.json, the wall time is the fit's.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import statistics

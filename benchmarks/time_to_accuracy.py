@@ -7,8 +7,6 @@ Each seed is a separate `python train.py --seed S` process, as a user runs it; t
 includes interpreter start and imports. The metrics come from the run's summary.json.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import statistics

@@ -23,8 +23,6 @@ check and cache), to fit start and to the first training step, and the median ep
 ratio is the median of the per-round ratios.
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os

@@ -7,8 +7,6 @@ file is written beside the target, flushed to disk and renamed with ``os.replace
 POSIX and Windows); a kill leaves at most a hidden ``.<name>.partial`` file, overwritten later.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 from pathlib import Path

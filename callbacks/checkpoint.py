@@ -1,8 +1,6 @@
 """ModelCheckpoint whose ``last.ckpt`` is always the latest state worth resuming, and which
 goes on training when the module does not log its monitor."""
 
-from __future__ import annotations
-
 import re
 import time
 from datetime import timedelta

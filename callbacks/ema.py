@@ -1,8 +1,6 @@
 """Lightning's EMAWeightAveraging, fixed for the fit-then-test flow of
 train.py."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer

@@ -1,7 +1,5 @@
 """Train the head of a pretrained network first, then the whole network at a lower LR."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer

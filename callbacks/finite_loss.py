@@ -7,8 +7,6 @@ checkpoint a dead model. Checked in ``on_before_backward``, so the weights in me
 and adds a collective to every step; this costs one device-to-host sync a step.
 """
 
-from __future__ import annotations
-
 import math
 
 import torch

@@ -1,7 +1,5 @@
 """Log the total gradient norm before clipping: the number that says whether clipping bites."""
 
-from __future__ import annotations
-
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch.optim import Optimizer

@@ -13,8 +13,6 @@ model instead of the configured one.
         --trainer.callbacks.init_args.path=logs/digits/version_0/checkpoints/last.ckpt
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

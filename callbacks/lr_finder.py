@@ -8,8 +8,6 @@ weights and suggests the LR where the loss falls fastest. Lightning's own plot n
 this draws the curve with Pillow (already a dependency) instead.
 """
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import math

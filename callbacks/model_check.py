@@ -1,7 +1,5 @@
 """One sample through the model before the first training step."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import torch

@@ -14,8 +14,6 @@ own methods and made with ``optuna.Trial(study, trial_id)``, as ``Study.ask`` ma
 :mod:`sweeps.study` for why those are used.
 """
 
-from __future__ import annotations
-
 import math
 from pathlib import Path
 

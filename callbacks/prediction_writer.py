@@ -45,8 +45,6 @@ gave to two ranks is one row, and its file, written twice with the same content,
 atomically.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path

@@ -1,8 +1,6 @@
 """Records in every checkpoint how inputs are preprocessed, for models exported without this
 code (``models.export`` writes it next to the ONNX / TorchScript file)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer

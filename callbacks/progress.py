@@ -1,7 +1,5 @@
 """Progress output that suits where it goes: a live bar on a terminal, plain lines in a log."""
 
-from __future__ import annotations
-
 import os
 import sys
 import time

@@ -6,8 +6,6 @@ its timeout, minutes). Only rank 0's launched processes need ending: when anothe
 Lightning's child-process observer (polling every 5 s) kills the rest.
 """
 
-from __future__ import annotations
-
 import signal
 import subprocess
 import sys

@@ -2,8 +2,6 @@
 masks, random augmentations) what the uninterrupted run would have: Lightning does not save
 them. The data order has generators of its own, seeded per epoch (datamodules.samplers)."""
 
-from __future__ import annotations
-
 import random
 from typing import Any
 

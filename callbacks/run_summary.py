@@ -1,7 +1,5 @@
 """The end-of-run report: what a user looks for first when a run ends."""
 
-from __future__ import annotations
-
 import json
 import math
 import shlex

@@ -18,8 +18,6 @@ nothing. Under DDP the ranks agree on the step to save at (one boolean all-reduc
 under SLURM): saving is collective.
 """
 
-from __future__ import annotations
-
 import os
 import re
 import signal

@@ -25,8 +25,6 @@ matrix instead of raising. Anything that does not fit turns the validation pictu
 the run, with one info line; training goes on.
 """
 
-from __future__ import annotations
-
 import io
 from collections.abc import Sequence
 from typing import Any

@@ -1,8 +1,6 @@
 """How train.py reads the command line: the default config chain, short options, and errors in
 one line (their messages: ``configs.messages``, imported only on an error)."""
 
-from __future__ import annotations
-
 import inspect
 import os
 import sys

@@ -3,8 +3,6 @@
 in one line, a jsonargparse error condensed, a config file that is not YAML, a model asking
 for an optimizer object, ``self.hparams.optimizer(...)`` under LightningCLI."""
 
-from __future__ import annotations
-
 import errno
 import inspect
 import re

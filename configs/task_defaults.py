@@ -3,8 +3,6 @@ the data's task. Read from the command line and its ``--config`` files before pa
 choice of ``digits.yaml`` (``configs.chooses_data``), so the parser sees an ordinary
 ``--model CLASS`` first and the config's ``model: init_args`` apply on top of it."""
 
-from __future__ import annotations
-
 import importlib
 import inspect
 from pathlib import Path

@@ -2,8 +2,6 @@
 dropped with ``skip_invalid``) and rows listing an input an earlier row lists. Imported only
 when a table has such rows."""
 
-from __future__ import annotations
-
 import logging
 from typing import Any
 

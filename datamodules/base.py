@@ -2,8 +2,6 @@
 training step, in the main process), the task's targets, splits, the class list, samplers,
 loaders, batch-level transforms and the checkpoint state."""
 
-from __future__ import annotations
-
 import os
 import warnings
 from collections.abc import Iterator

@@ -2,8 +2,6 @@
 one set per call, moving every image of a batch the same way): on small images an order of
 magnitude faster than per-image calls, and on the GPU when the batch is there."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 

@@ -1,8 +1,6 @@
 """scikit-learn's breast-cancer table (569 rows, 30 numeric features, 2 classes) as a
 DataFrame: the tabular example, shipped with scikit-learn so nothing is downloaded."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import pandas as pd

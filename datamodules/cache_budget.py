@@ -1,19 +1,13 @@
 """``cache_images: auto``: cache the decoded images where they fit the smaller of
 ``cache_max_gb`` and a quarter of this machine's memory per process on it; said in one line."""
 
-from __future__ import annotations
-
 import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.image_csv import readable
-
-if TYPE_CHECKING:
-    from datamodules.image_csv import ImageCSVDataModule
+from datamodules.image_csv import ImageCSVDataModule, readable
 
 
 def cache_decision(data: ImageCSVDataModule, paths: list[Path]) -> bool:

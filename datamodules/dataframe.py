@@ -1,8 +1,6 @@
 """Any task from a pandas DataFrame (in memory, or a CSV/Parquet file): numeric feature
 columns for tabular models, or one image column holding file paths, encoded bytes or arrays."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

@@ -5,8 +5,6 @@ instead of 0.34 s (``benchmarks/decoded_copy.py``). One file per table and read 
 the files' paths, stamps and torchvision version, so a stale copy is never loaded; files that
 failed to decode are kept as their messages, so ``skip_invalid`` runs load it too."""
 
-from __future__ import annotations
-
 import hashlib
 import os
 import shutil

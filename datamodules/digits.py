@@ -2,8 +2,6 @@
 :class:`ImageCSVDataModule`: the default run exercises the pipeline a user's own images go
 through, with no download."""
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile

@@ -11,8 +11,6 @@ is downloaded), read through the same datamodules a user's own data goes through
 ``configs/examples/*.yaml`` train each with the template's module for its task.
 """
 
-from __future__ import annotations
-
 import os
 import shutil
 import tempfile

@@ -6,8 +6,6 @@ The rows outside the test split are dealt into ``folds`` folds by the same strat
 the one a run without folds has, so every fold is scored on the same test set.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import Any
 

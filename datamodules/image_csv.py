@@ -3,8 +3,6 @@
 with ``torchvision.io.decode_image`` (about twice as fast as PIL on small PNGs) into uint8 CHW
 tensors, then go through a ``torchvision.transforms.v2`` pipeline."""
 
-from __future__ import annotations
-
 import contextlib
 import logging
 import math

@@ -3,17 +3,13 @@ the input shape after the eval transforms, per image and per batch (e.g. 1x12x12
 padded by 2), and the normalisation. Saved in checkpoints by
 :class:`~callbacks.preprocessing_metadata.PreprocessingMetadata`."""
 
-from __future__ import annotations
-
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torchvision.transforms import v2
 
 from datamodules.base import flatten_transforms
-
-if TYPE_CHECKING:
-    from datamodules.image_csv import ImageCSVDataModule
+from datamodules.image_csv import ImageCSVDataModule
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,14 @@
 """What ``predict`` runs on for :class:`~datamodules.image_csv.ImageCSVDataModule`: the image
 files of a folder, or those a table lists; unreadable ones are reported and skipped."""
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.base import read_table
-from datamodules.image_csv import ImageCSVDataset
+from datamodules.image_csv import ImageCSVDataModule, ImageCSVDataset
 from datamodules.validation import check_image_files, check_samples_stack, first_problems
 from errors import DataError
-
-if TYPE_CHECKING:
-    from datamodules.image_csv import ImageCSVDataModule
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
 # Formats torchvision cannot decode (BMP, TIFF) are listed too, so they are reported as

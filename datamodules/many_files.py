@@ -3,8 +3,6 @@ per CPU up to 8, a chunk of files at a time (threads would not help: resolving, 
 and decoding hold the GIL; 4 threads ran 2.6x slower than one). Over PROGRESS_AFTER files a
 line every PROGRESS_EVERY seconds says how far it got."""
 
-from __future__ import annotations
-
 import contextlib
 import functools
 import multiprocessing

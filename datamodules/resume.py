@@ -16,8 +16,6 @@ Two gaps this fills:
   them first.
 """
 
-from __future__ import annotations
-
 import hashlib
 from typing import Any
 

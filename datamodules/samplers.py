@@ -9,8 +9,6 @@ calls their ``set_epoch``. Each index carries a seed for its sample's random tra
 (``state_dict``) with each batch it hands out.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -30,7 +28,7 @@ class SeededIndex(int):
 
     seed: int
 
-    def __new__(cls, index: int, seed: int) -> SeededIndex:
+    def __new__(cls, index: int, seed: int) -> "SeededIndex":
         obj = super().__new__(cls, index)
         obj.seed = seed
         return obj

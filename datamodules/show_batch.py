@@ -1,7 +1,5 @@
 """Save a batch as a labelled image grid: the first thing to look at when accuracy is odd."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """Seeded, stratified train/val/test splits that do not need scikit-learn."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Sequence
 

@@ -1,8 +1,6 @@
 """Input checks that run before any training step, in the main process. Problems are collected,
 not raised one by one: a user with 40 broken rows sees them in one message, not one a run."""
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import json

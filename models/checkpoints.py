@@ -12,8 +12,6 @@ of its arguments (a backbone, an optimizer) and an ``_instantiator``; ``train.py
 step nor in nested class paths: this module covers both, for every stage.
 """
 
-from __future__ import annotations
-
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any

@@ -4,8 +4,6 @@ sigmoid and binary cross-entropy per label) data. ``build_backbone``, ``check_ta
 ``forget_weights_path`` at the bottom are shared with ``models.regressor`` and
 ``models.segmenter``."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 

@@ -19,8 +19,6 @@ regressor, per-pixel logits for a segmenter, or only its shape when the task is 
 ONNX runs in onnxruntime (``pip install -e ".[export]"``), TorchScript in plain torch.
 """
 
-from __future__ import annotations
-
 import argparse
 import importlib
 import json

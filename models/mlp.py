@@ -1,7 +1,5 @@
 """A multilayer perceptron: the backbone for tabular features."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from torch import Tensor, nn

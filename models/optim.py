@@ -3,8 +3,6 @@
 optimizer needs the parameter groups, the schedule the run's length, which only the trainer
 knows. How your module uses them: docs/own_module.md."""
 
-from __future__ import annotations
-
 import inspect
 import weakref
 from collections.abc import Callable, Iterable

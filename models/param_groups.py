@@ -2,8 +2,6 @@
 normalisation parameters hurts accuracy and regularises nothing (they do not grow with the
 data's scale)."""
 
-from __future__ import annotations
-
 from collections.abc import Iterable
 from typing import Any
 

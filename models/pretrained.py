@@ -17,8 +17,6 @@ What may differ between the file and the network, and what happens:
   and the first keys, because training on half-loaded weights fails silently.
 """
 
-from __future__ import annotations
-
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path

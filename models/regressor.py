@@ -10,8 +10,6 @@ units, and ``load_from_checkpoint(path)`` needs nothing else (the statistics are
 hyperparameters).
 """
 
-from __future__ import annotations
-
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, Literal

@@ -11,8 +11,6 @@ when the config leaves it unset, so lengths are right for any devices, accumulat
 ``k`` is the ``k``-th optimizer step of the run.
 """
 
-from __future__ import annotations
-
 import math
 
 from torch.optim import Optimizer

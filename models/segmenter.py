@@ -6,8 +6,6 @@ the pixels. Pixel accuracy alone flatters a model that paints everything backgro
 metrics that matter are per class: mean IoU and Dice, each averaged over the classes.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 

@@ -1,7 +1,5 @@
 """A small convolutional network: the default backbone for small images such as 8x8 digits."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 from torch import Tensor, nn

@@ -9,8 +9,6 @@ downloaded. Pretrained weights come from a local file (``weights_path``), see
 ``models.pretrained``.
 """
 
-from __future__ import annotations
-
 import difflib
 import logging
 from pathlib import Path

@@ -6,8 +6,6 @@ per-pixel logits see both the context (deep, coarse) and the exact edges (shallo
 Trained from scratch: no pretrained weights, nothing to download.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 
 import torch

@@ -2,8 +2,6 @@
 as mean ± std with ``--folds``) and run folder; ``trials.csv``, ``best_config.yaml`` and the
 plots in the study folder."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import Any

@@ -5,8 +5,6 @@ A trial is a process of its own, not a function call: DDP re-executes the script
 a crash or a leak stays in that process, and ``command.txt`` in its run folder reruns it by hand.
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json

@@ -13,8 +13,6 @@ takes each option and value is checked by train.py's own parser (``sweep.py`` do
 the first trial).
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Any

@@ -15,8 +15,6 @@ the "a trial that is not WAITING cannot be set RUNNING" rule this relies on was 
 ``Study.ask`` itself makes the trial object.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import socket

@@ -2,8 +2,6 @@
 ``--print_config``, in this process), so that a bad option or value stops the sweep in one line
 before any trial runs."""
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import io

@@ -1,7 +1,5 @@
 """Shared fixtures: tiny data made on the fly, and ways to run train.py in or out of process."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 import logging

@@ -2,8 +2,6 @@
 ``tests/test_reliability.py``: added with ``--trainer.callbacks+=tests.reliability_hooks.<Class>``.
 No sleeps, no timing: each acts in a hook at a chosen step."""
 
-from __future__ import annotations
-
 import os
 import signal
 from pathlib import Path

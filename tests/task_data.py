@@ -2,8 +2,6 @@
 would write for them (in the test's folder, with their own metric names, lazy layers and no
 ``test_step``)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -1,7 +1,5 @@
 """The default configuration, unchanged, reaches the accuracy the README promises."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """Batch augmentations draw their randomness per image, and show_batch writes a readable grid."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import torch

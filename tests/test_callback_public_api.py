@@ -6,8 +6,6 @@ rank launched, atomic checkpoint files and resuming after the backbone was unfro
 These tests may read Lightning's private members: that is how they notice when the public
 reconstruction drifts from Lightning's own decision."""
 
-from __future__ import annotations
-
 import io
 import signal
 import subprocess

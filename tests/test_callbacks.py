@@ -2,8 +2,6 @@
 checkpoints written on an exception or SIGTERM and resumed, EMA weights, plain progress lines
 under CI, and the run summary."""
 
-from __future__ import annotations
-
 import io
 import json
 import os

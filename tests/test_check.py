@@ -2,8 +2,6 @@
 check, in one line, for a module with one fault. The modules are a user's, written in the test's
 folder: their own metric names, a lazy layer, no test_step, on the digits."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 

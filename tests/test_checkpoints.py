@@ -2,8 +2,6 @@
 before anything is imported; a file that is not a checkpoint, another run's checkpoint given to
 resume, and ``--ckpt_path last`` with nothing to evaluate are refused in one line."""
 
-from __future__ import annotations
-
 import os
 import subprocess
 import sys

@@ -1,8 +1,6 @@
 """Every config in configs/ trains end to end, as a user would run it, and passes the fast
 checks of ``train.py check``; the debug presets run."""
 
-from __future__ import annotations
-
 import re
 from pathlib import Path
 

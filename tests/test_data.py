@@ -1,8 +1,6 @@
 """The default data pipeline: digits on disk as PNG + CSV, seeded stratified splits, and the
 CSV + image-folder datamodule that reads them back."""
 
-from __future__ import annotations
-
 from collections import Counter
 from pathlib import Path
 

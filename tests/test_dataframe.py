@@ -1,8 +1,6 @@
 """The DataFrame datamodule: features standardised with training statistics only, images from
 paths, bytes or arrays, and bad feature values reported by row."""
 
-from __future__ import annotations
-
 import io
 from pathlib import Path
 

@@ -1,7 +1,5 @@
 """Real multi-process DDP on CPU (gloo): train.py is re-executed per rank, as on a GPU node."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

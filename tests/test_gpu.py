@@ -1,8 +1,6 @@
 """train.py on a CUDA GPU, and a GPU-trained checkpoint used where there is none. Skipped
 without a GPU (the rest of the suite runs on the CPU everywhere, see conftest.py)."""
 
-from __future__ import annotations
-
 import json
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """The CSV + image-folder datamodule: read modes, labels, caching and bad-input reports."""
 
-from __future__ import annotations
-
 import zlib
 from pathlib import Path
 from typing import Any

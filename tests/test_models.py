@@ -1,8 +1,6 @@
 """Models: torchvision backbones by name, plug-in backbones and modules, transfer learning from
 a local weights file with a freeze/unfreeze schedule, and the speed switches."""
 
-from __future__ import annotations
-
 import textwrap
 from pathlib import Path
 from typing import Any

@@ -5,8 +5,6 @@ two hosts of a cluster sharing a file system. Lightning finds the ranks in torch
 environment; its prepare_data (local rank 0 of each node) writes the digits before any rank
 reads them."""
 
-from __future__ import annotations
-
 import os
 import re
 import signal

@@ -2,8 +2,6 @@
 against the closed-form schedule, weight-decay groups, clipping, the grad-norm log, L1 and the
 LR finder."""
 
-from __future__ import annotations
-
 import csv
 import json
 import math

@@ -2,8 +2,6 @@
 works. The manifest below is the list of options; the slow test deletes each one in a copy of
 the project and runs ``train.py --fast_dev_run 2`` and ``--print_config``."""
 
-from __future__ import annotations
-
 import ast
 import shutil
 import subprocess

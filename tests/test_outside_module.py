@@ -6,8 +6,6 @@ arguments, ``save_hyperparameters(logger=False)``, the optimizer and scheduler c
 config cannot give, and that is one line naming what to write instead. Errors keep their cause,
 and ``JSONARGPARSE_DEBUG`` as the README states it shows jsonargparse's full report."""
 
-from __future__ import annotations
-
 import json
 import os
 import re

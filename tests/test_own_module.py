@@ -3,8 +3,6 @@ own metric names, lazy layers, ``num_classes`` in ``__init__``, no ``test_step``
 ``predict_step`` that is a softmax), on their own CSV + image folder and on a table: it trains,
 checkpoints, predicts and exports with the same commands as the template's own model."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 

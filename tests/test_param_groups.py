@@ -1,7 +1,5 @@
 """Weight decay goes to weights only: biases, norm parameters and 1-D parameters get none."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -1,8 +1,6 @@
 """Using a trained model: predict to CSV (1 and 2 processes, unreadable files skipped), ONNX and
 TorchScript export with parity, and the README's plain-PyTorch loading snippet."""
 
-from __future__ import annotations
-
 import json
 import re
 import shutil

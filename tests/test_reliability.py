@@ -6,8 +6,6 @@ Resuming with a longer schedule than the checkpoint's is refused with advice:
 ``tests/test_train_cli.py::test_resume_with_a_longer_schedule_is_refused_with_advice``.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import signal

@@ -7,8 +7,6 @@ Every run: 3 epochs of 6 steps, ``last.ckpt`` rewritten every 4 steps; a kill be
 (epoch 2 is steps 6-11) leaves the step-8 ``last.ckpt``, two batches into the epoch.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os

@@ -1,8 +1,6 @@
 """Training samplers: one draw per (seed, epoch) shared by every rank, disjoint shards, and class
 balance for ``weighted`` — in one process and in a real 2-process DDP run."""
 
-from __future__ import annotations
-
 import json
 from collections import Counter
 from pathlib import Path

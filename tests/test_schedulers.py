@@ -1,8 +1,6 @@
 """models/schedulers.py on its own: argument checks and resuming (the real-fit checks of every
 schedule against its formula are in test_optimization.py)."""
 
-from __future__ import annotations
-
 import pytest
 import torch
 from torch import nn

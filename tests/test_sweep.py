@@ -1,8 +1,6 @@
 """sweep.py: Optuna sweeps and k-fold cross-validation over train.py's own configs, run as a
 user runs them (real sweep.py and train.py processes, the real study storage, no mocks)."""
 
-from __future__ import annotations
-
 import json
 import os
 import shlex

@@ -1,8 +1,6 @@
 """train.py and the data's task: the model a config gets when it names data but no model, and
 data that does not fit the task refused in one line before anything is written."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

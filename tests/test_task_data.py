@@ -2,8 +2,6 @@
 splits are stratified where that means something, and data that does not fit the task is
 refused in one line before the first step."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import numpy as np

@@ -6,8 +6,6 @@ written by a user.
 The template's modules are built through LightningCLI from config values, as train.py builds
 them, so their checkpoints hold what a real run's hold."""
 
-from __future__ import annotations
-
 import functools
 import sys
 from pathlib import Path

@@ -2,8 +2,6 @@
 TensorBoard pictures, and the export metadata, with tiny modules and data made here (in-process,
 no train.py)."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable
 from pathlib import Path

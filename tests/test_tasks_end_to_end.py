@@ -3,8 +3,6 @@ the task and with a module written in the test's folder as a user would (its own
 lazy layers, no ``test_step``): fit, test, predict and export; two DDP processes; an exact
 mid-epoch resume after kill -9; and ``sweep.py --folds 2``."""
 
-from __future__ import annotations
-
 import json
 import signal
 from concurrent.futures import ThreadPoolExecutor

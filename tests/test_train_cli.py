@@ -1,8 +1,6 @@
 """train.py end to end, in process (fast): the default run, seeding, resume, plug-in modules,
 and the one-line errors for bad options."""
 
-from __future__ import annotations
-
 import inspect
 import json
 import textwrap

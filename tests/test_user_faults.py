@@ -2,8 +2,6 @@
 syntax error names the file, Lightning's refusal of an option's value is one line, and the
 machine refusing a write (a full disk, a folder that cannot be written) names the file."""
 
-from __future__ import annotations
-
 import errno
 import io
 import shutil

@@ -2,8 +2,6 @@
 upstream has changed and the workaround (``workarounds.py``, or the ``last.ckpt`` writing in
 ``callbacks/checkpoint.py``) can be deleted with its test."""
 
-from __future__ import annotations
-
 import logging
 import sys
 import typing

@@ -8,8 +8,6 @@ float32 values in the table's units, (N,) or (N, K) (``regression``), an int64 (
 ``none``, their base.
 """
 
-from __future__ import annotations
-
 import importlib
 import typing
 from typing import Any, Literal
@@ -24,7 +22,7 @@ Task = Literal["multiclass", "multilabel", "regression", "segmentation", "none"]
 
 
 def task_targets(task: str, label_column: str | list[str] | None, label_delimiter: str | None,
-                 mask_column: str | None, class_names: list[str] | None) -> NoTargets:
+                 mask_column: str | None, class_names: list[str] | None) -> "NoTargets":
     """The targets of ``task``, after checking that the options express it."""
     if task not in typing.get_args(Task):
         raise DataError(f"task: {task!r} is not one of {', '.join(typing.get_args(Task))}")

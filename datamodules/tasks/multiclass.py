@@ -2,8 +2,6 @@
 The default task, so it refuses a column holding a continuous quantity: never a regression
 table trained silently as hundreds of classes."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 

@@ -1,8 +1,6 @@
 """Task ``multilabel``: any number of labels per row, from a list of 0/1 label columns or one
 column of names joined by ``label_delimiter`` (``"cat;dog"``) -> a float32 multi-hot row."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 

@@ -3,8 +3,6 @@ units, (N,) for one column and (N, K) for several. The training split's mean and
 deviation go to the model (``target_mean`` / ``target_std``), which can learn the standardised
 target and still answer in the table's units."""
 
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
 

@@ -3,8 +3,6 @@
 are the targets, so there is nothing to encode from the table; the datamodule reads and checks
 the mask files (the functions below), and geometric transforms move image and mask together."""
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
