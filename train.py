@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -83,15 +83,10 @@ class TemplateCLI(LightningCLI):
         callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)
         if config["trainer"].get("enable_progress_bar") is False:  # it wins over a listed bar
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter)
-                                                    for c in callbacks):
-            # A --config with a whole callbacks list (a run's own config.yaml) replaces the list
-            # predict.yaml appends the writer to; a predict that writes nothing helps no one.
-            from callbacks.prediction_writer import PredictionCSVWriter
+        if self.subcommand == "predict":
+            from callbacks.prediction_writer import with_a_prediction_writer
 
-            rank_zero_info("predict: trainer.callbacks has no prediction writer; added "
-                           "PredictionCSVWriter (predictions.csv in the checkpoint's run folder)")
-            callbacks.append(PredictionCSVWriter())
+            callbacks = with_a_prediction_writer(callbacks)
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 

@@ -26,10 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike[str],
                         storage_options: Any | None = None) -> None:
-        if "://" in str(path):  # remote (s3:// ...): Lightning's way
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        if "://" in str(path) or storage_options is not None:  # remote (s3:// ...): Lightning's
+            return super().save_checkpoint(checkpoint, path, storage_options)  # (or its error)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = partial_path(target)

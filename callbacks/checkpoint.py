@@ -6,13 +6,13 @@ import time
 from datetime import timedelta
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from callbacks.finite_loss import all_finite
 from errors import NonFiniteLossError
 
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")  # {name} or {name:format} in a file name
@@ -191,3 +191,9 @@ def validation_follows(trainer: Trainer) -> bool:
         return epoch_loop.batch_progress.is_last_batch
     batches = epoch_loop.total_batch_idx if every is None else epoch_loop.batch_idx
     return (batches + 1) % interval == 0
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    """True if every parameter and buffer is finite (worth saving)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())

@@ -54,9 +54,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
@@ -181,6 +181,18 @@ class PredictionCSVWriter(BasePredictionWriter):
                                            columns=["path", "reason"]), skipped_path)
             message += f"; {len(skipped)} unreadable input(s) listed in {skipped_path}"
         self.written = message
+
+
+def with_a_prediction_writer(callbacks: list[Callback]) -> list[Callback]:
+    """``callbacks``, with a PredictionCSVWriter added where none writes predictions: a
+    --config with a whole callbacks list (a run's own config.yaml) replaces the list
+    ``configs/predict.yaml`` appends the writer to, and a predict that writes nothing helps
+    no one."""
+    if any(isinstance(callback, BasePredictionWriter) for callback in callbacks):
+        return callbacks
+    rank_zero_info("predict: trainer.callbacks has no prediction writer; added "
+                   "PredictionCSVWriter (predictions.csv in the checkpoint's run folder)")
+    return [*callbacks, PredictionCSVWriter()]
 
 
 # -- what predict_step returned ----------------------------------------------------------------

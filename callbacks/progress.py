@@ -73,9 +73,8 @@ class LineProgressBar(ProgressBar):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._epoch_started = self._last_line = time.perf_counter()
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # A run resumed mid-epoch re-enters that epoch without on_train_epoch_start.
-        self._epoch_started = self._last_line = time.perf_counter()
+    # A run resumed mid-epoch re-enters that epoch without on_train_epoch_start.
+    on_train_start = on_train_epoch_start
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

@@ -7,7 +7,6 @@ Lightning's child-process observer (polling every 5 s) kills the rest.
 """
 
 import signal
-import subprocess
 import sys
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -32,7 +31,4 @@ class ReportRankFailure(Callback):
         if processes:
             launcher.kill(signal.SIGKILL)
         for process in processes:  # gone before this process exits: no orphans
-            if isinstance(process, subprocess.Popen):
-                process.wait(timeout=30)
-            else:
-                process.join(timeout=30)
+            process.wait(timeout=30)

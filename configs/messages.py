@@ -15,7 +15,7 @@ import yaml
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from configs import config_files_in, fail, instance_hints, loaded_class
-from errors import NonFiniteLossError, data_error_in
+from errors import DataError, NonFiniteLossError
 
 # A write the machine refused (disk full, read-only or unwritable folder): the user's to fix.
 WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
@@ -25,6 +25,14 @@ _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type
 # "Given value: many" says what was wrong; a dump of the whole nested config does not.
 _VALUE_DUMP = re.compile(r"Given value: (Namespace\(|NestedArg\(|.{80})")
 _LONG_VALUE = re.compile(r"(Got value: )(.{60}).{20,}")
+
+
+def data_error_in(error: BaseException | None) -> DataError | None:
+    """The DataError ``error`` is or was raised while handling (jsonargparse wraps errors
+    raised while building the data or model in a ValueError of its own)."""
+    while error is not None and not isinstance(error, DataError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def one_line_for(error: BaseException) -> tuple[str, int] | None:

@@ -202,11 +202,6 @@ class TableDataModule(LightningDataModule):
         return len(self.label_columns) if self.task == "regression" else self.num_classes
 
     @property
-    def output_names(self) -> list[str] | None:
-        """Names of the model's outputs: classes, labels or regression targets."""
-        return self.target_names if self.task == "regression" else self.class_names
-
-    @property
     def target_mean(self) -> list[float] | None:
         """Regression: each target's mean over the training split (a model can learn the
         standardised target and answer in the table's units)."""
@@ -463,8 +458,7 @@ class TableDataModule(LightningDataModule):
         return (ResumableLoader if split == "train" else DataLoader)(
             self.datasets[split], batch_size=self.batch_size, sampler=sampler,
             drop_last=drop_last, num_workers=workers, persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, pin_memory=torch.cuda.is_available(),
-            generator=generator)
+            pin_memory=torch.cuda.is_available(), generator=generator)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training

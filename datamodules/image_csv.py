@@ -29,7 +29,7 @@ from datamodules.base import (
     read_table,
     targets_tensor,
 )
-from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy
+from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy, stacked_in_place
 from datamodules.samplers import call_with_seed
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
@@ -372,13 +372,9 @@ class ImageCSVDataModule(TableDataModule):
         """A split's cached images as one ``N x C x H x W`` tensor when they share a size (a
         batch is then one gather), else a list. The cache keeps a view of each image moved into
         the stack, so memory holds one copy, never two."""
-        shapes = {self._cache[path].shape for path in paths}
-        if len(shapes) != 1:
-            return [self._cache[path] for path in paths]
-        stacked = torch.empty((len(paths), *shapes.pop()), dtype=torch.uint8)
-        for row, path in enumerate(paths):
-            stacked[row] = self._cache[path]
-            self._cache[path] = stacked[row]
+        images = [self._cache.pop(path) for path in paths]  # the only reference while stacked
+        stacked = stacked_in_place(images)
+        self._cache.update(zip(paths, images, strict=True))
         return stacked
 
     def check_batches_stack(self, table: pd.DataFrame, split_rows: dict[str, np.ndarray]
