@@ -242,6 +242,8 @@ class ImageCSVDataModule(TableDataModule):
                 for p in map(str, table[self.path_column])]
 
     def row_problems(self, table: pd.DataFrame) -> list[Problem]:
+        """Files that are missing, outside ``image_root``, too large or do not decode. The cache
+        is decided and filled here too: decoding every image is also the full check."""
         paths = self.image_paths(table)
         problems: list[Problem] = []
 

@@ -162,3 +162,57 @@ def test_a_table_config_needs_no_feature_or_class_count(tmp_path: Path) -> None:
     assert meta["input_shape"] == [13] and len(meta["feature_columns"]) == 13
     assert meta["class_names"] == ["0", "1", "2"] and len(meta["mean"]) == 13
     assert json.loads((run / "summary.json").read_text())["metrics"]["test/acc"] > 0.85
+
+
+# A user's own datamodule too (no table, not the template's base class) and a module whose
+# first layer is lazy: DistributedDataParallel refuses parameters without a shape.
+OWN_DATA_AND_LAZY_MODULE = '''
+import torch
+import torch.nn.functional as F
+from lightning import LightningDataModule, LightningModule
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class Points(LightningDataModule):
+    def setup(self, stage):
+        x = torch.randn(256, 5, generator=torch.Generator().manual_seed(0))
+        self.points = TensorDataset(x, (x.sum(dim=1) > 0).long())
+
+    def train_dataloader(self):
+        return DataLoader(self.points, batch_size=32)
+
+
+class LazyNet(LightningModule):
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.LazyLinear(hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("fit_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_lazy_layers_get_their_shapes_from_a_users_own_datamodule_before_ddp(
+        tmp_path: Path) -> None:
+    (tmp_path / "points.py").write_text(OWN_DATA_AND_LAZY_MODULE)
+    result = run_train_subprocess(
+        ["--data", "points.Points", "--model", "points.LazyNet", "--devices", "2",
+         "--max_epochs", "1", "--checkpoint.monitor", "fit_loss",
+         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
+        cwd=tmp_path, extra_path=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (last,) = (tmp_path / "logs").rglob("last.ckpt")
+    weights = torch.load(last, weights_only=True)["state_dict"]
+    assert weights["net.0.weight"].shape == (16, 5)
