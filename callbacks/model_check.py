@@ -45,6 +45,12 @@ class CheckModelTakesData(Callback):
                 "in_channels) against the data.") from error
         finally:
             pl_module.train(was_training)
+        lazy = [name for name, param in pl_module.named_parameters() if is_lazy(param)]
+        if lazy and trainer.world_size > 1:
+            raise DataError(f"{type(pl_module).__name__}: {', '.join(lazy)} still have no shape "
+                            "after forward(inputs) (a lazy layer that forward does not call), and "
+                            "DistributedDataParallel needs every shape: give that layer its "
+                            "input size")
 
     @staticmethod
     def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:

@@ -231,6 +231,10 @@ class TableDataModule(LightningDataModule):
         if self._table is None:
             table = self.checked_table()
             split_rows = self.split_rows(table)
+            if not len(split_rows["train"]):
+                where = (f"column {self.split_column!r} has no 'train' row" if self.split_column
+                         else f"the split of {len(table)} rows left none")
+                raise DataError(f"{self.source}: no training rows: {where}")
             if self.task_targets.labels_in_rows:
                 if self._class_names is None:
                     train = self.task_targets.row_labels(table.iloc[split_rows["train"]])

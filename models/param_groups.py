@@ -6,6 +6,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
+from torch.nn.parameter import is_lazy
+
+from errors import DataError
 
 NORM_LAYERS: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
@@ -27,6 +30,10 @@ def param_groups_weight_decay(model: nn.Module, no_weight_decay: Iterable[str] =
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        if is_lazy(param):  # its ndim is not its layer's yet: the group would be a guess
+            raise DataError(f"{type(model).__name__}.{name} has no shape yet when the optimizer "
+                            "is built (a lazy layer that forward(inputs) does not call): give "
+                            "that layer its input size")
         bias_or_norm = param.ndim <= 1 or name.endswith(".bias") or id(param) in norm_params
         listed = any(name == p or (p.endswith(".") and name.startswith(p)) for p in skip)
         (no_decay if (exclude_bias_and_norm and bias_or_norm) or listed else decay).append(param)

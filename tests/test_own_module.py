@@ -199,6 +199,15 @@ class LazyNet(LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class WithUnreachedLazy(LazyNet):
+    def __init__(self, hidden: int = 16):
+        super().__init__(hidden)
+        self.aux = nn.LazyLinear(1)  # called by training_step only, never by forward
+
+    def training_step(self, batch, batch_idx):
+        return super().training_step(batch, batch_idx) + 0 * self.aux(batch[0]).mean()
 '''
 
 
@@ -216,3 +225,17 @@ def test_lazy_layers_get_their_shapes_from_a_users_own_datamodule_before_ddp(
     (last,) = (tmp_path / "logs").rglob("last.ckpt")
     weights = torch.load(last, weights_only=True)["state_dict"]
     assert weights["net.0.weight"].shape == (16, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_lazy_layer_forward_does_not_reach_stops_ddp_in_one_line_naming_it(
+        tmp_path: Path) -> None:
+    (tmp_path / "points.py").write_text(OWN_DATA_AND_LAZY_MODULE)
+    result = run_train_subprocess(
+        ["--data", "points.Points", "--model", "points.WithUnreachedLazy", "--devices", "2",
+         "--max_epochs", "1", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
+        cwd=tmp_path, extra_path=tmp_path, timeout=240)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "aux.weight, aux.bias still have no shape" in result.stderr

@@ -1,8 +1,10 @@
 """Weight decay goes to weights only: biases, norm parameters and 1-D parameters get none."""
 
+import pytest
 import torch
 from torch import nn
 
+from errors import DataError
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
 
@@ -33,3 +35,13 @@ def test_frozen_parameters_are_left_out_and_listed_names_get_no_decay() -> None:
     assert all(p is not model[0].weight for p in all_params)
     assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
     assert len(all_params) == 3  # 0.bias, 1.weight, 1.bias
+
+
+def test_a_lazy_weight_without_a_shape_is_refused_naming_it_not_left_undecayed() -> None:
+    # An uninitialised parameter reports ndim 1: it would silently land in the no-decay group.
+    model = nn.Sequential(nn.Linear(4, 8), nn.LazyLinear(3))
+    with pytest.raises(DataError, match=r"Sequential\.1\.weight has no shape yet"):
+        param_groups_weight_decay(model)
+    model(torch.zeros(2, 4))  # sized: its weight decays like any other
+    decayed = param_groups_weight_decay(model)[0]["params"]
+    assert any(p is model[1].weight for p in decayed)

@@ -110,16 +110,40 @@ def test_a_target_the_task_cannot_read_is_refused_naming_the_row(
 
 @pytest.mark.parametrize(("labels", "message"), [
     ([0.25 * i for i in range(40)], "holds non-integer numbers (e.g. 0.25)"),
-    ([i * 3 for i in range(40)], "40 classes in 40 rows"),
+    ([f"house {i}" for i in range(40)], "40 classes in 40 rows"),
+    ([100 + (i * 7) % 501 for i in range(2000)],
+     "holds 501 different integers from 100 to 600, not class ids"),
+    ([(i * 37) % 61 - 30 for i in range(400)], "61 different integers from -30 to 30"),
 ])
 def test_multiclass_refuses_a_continuous_label_column_naming_task_regression(
         labels: list[float], message: str) -> None:
-    frame = table(rows=40)
+    frame = table(rows=len(labels))
     frame["label"] = labels
     data = DataFrameDataModule(frame, feature_columns=["a"])
     with pytest.raises(DataError, match="task: regression") as error:
         data.setup("fit")
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("labels", [
+    [i % 100 for i in range(1000)],              # ids 0..99
+    [1 + i % 30 for i in range(600)],            # ids 1..30
+    [(i % 40) * (1 + (i % 40 > 35)) for i in range(800)],  # ids 0..35 and a few up to 78
+])
+def test_integer_class_ids_are_classes(labels: list[int]) -> None:
+    frame = table(rows=len(labels))
+    frame["label"] = labels
+    data = fitted(DataFrameDataModule(frame, feature_columns=["a"], num_workers=0))
+    assert data.num_classes == len(set(labels))
+
+
+def test_integers_that_are_not_ids_are_classes_when_class_names_say_so() -> None:
+    frame = table(rows=2000)
+    frame["label"] = [100 + (i * 7) % 40 * 10 for i in range(2000)]
+    names = [str(v) for v in sorted(set(frame["label"]))]
+    data = fitted(DataFrameDataModule(frame, feature_columns=["a"], class_names=names,
+                                      num_workers=0))
+    assert data.class_names == names
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -133,6 +157,15 @@ def test_options_that_do_not_express_the_task_are_refused_in_one_line(
         options: dict, message: str) -> None:
     with pytest.raises(DataError, match=message):
         DataFrameDataModule(table(rows=10), **options)
+
+
+def test_a_split_column_without_training_rows_is_refused_in_one_line() -> None:
+    frame = table(rows=60)
+    frame["split"] = ["val"] * 40 + ["test"] * 20
+    data = DataFrameDataModule(frame, task="regression", label_column="price",
+                               split_column="split", feature_columns=["a"])
+    with pytest.raises(DataError, match="no training rows: column 'split' has no 'train' row"):
+        data.setup("fit")
 
 
 def test_task_none_yields_the_inputs_alone() -> None:

@@ -13,6 +13,9 @@ from errors import DataError
 # continuous target.
 MAX_CLASS_SHARE = 0.5
 MIN_ROWS_FOR_CLASS_CHECK = 20
+# More distinct integers than this that are not class ids (from 0 or 1, covering at least half
+# the range up to the largest) are a quantity: prices in $k, ages, years, counts with gaps.
+MAX_INTEGERS_NOT_IDS = 20
 
 
 class Multiclass(NoTargets):
@@ -33,8 +36,8 @@ class Multiclass(NoTargets):
         return missing_problems(table, self.columns, "label")
 
     def check_table(self, source: str, table: pd.DataFrame, names_given: bool) -> None:
-        """Fractional numbers, or nearly one class per row, are refused (unless ``class_names``
-        are given)."""
+        """Fractional numbers, many integers that are not class ids, or nearly one class per
+        row, are refused (unless ``class_names`` are given)."""
         if names_given:
             return
         labels = table[self.columns[0]]
@@ -45,6 +48,14 @@ class Multiclass(NoTargets):
                 raise DataError(f"{source}: label column {labels.name!r} holds non-integer "
                                 f"numbers (e.g. {plain(fractional.iloc[0])!r}); for a "
                                 "continuous target set task: regression")
+            values = np.unique(numbers.to_numpy(dtype=np.int64))
+            ids = values[0] in (0, 1) and 2 * len(values) >= values[-1] - values[0] + 1
+            if len(values) > MAX_INTEGERS_NOT_IDS and not ids:
+                raise DataError(f"{source}: label column {labels.name!r} holds {len(values)} "
+                                f"different integers from {values[0]} to {values[-1]}, not "
+                                "class ids counted from 0 or 1; for a quantity (a price, an "
+                                "age, a count) set task: regression, for classes give "
+                                "class_names")
         distinct = labels.map(label_key).nunique()
         if len(labels) >= MIN_ROWS_FOR_CLASS_CHECK and distinct > MAX_CLASS_SHARE * len(labels):
             raise DataError(f"{source}: label column {labels.name!r} has {distinct} classes in "
