@@ -32,7 +32,7 @@ from datamodules.samplers import (
     class_balanced_weights,
 )
 from datamodules.splits import stratified_split
-from datamodules.tasks import Task, sorted_names, task_targets
+from datamodules.tasks import Task, plain, sorted_names, task_targets
 from datamodules.validation import DataValidationError, Problem
 from errors import DataError
 
@@ -52,6 +52,9 @@ def global_seed() -> int:
 
 def read_table(path: Path, what: str = "annotations file") -> pd.DataFrame:
     """A table by its suffix: Parquet, JSON, TSV, else CSV; an empty file is an empty table."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder: give a table (CSV, TSV, Parquet or JSON) "
+                        "with a column of the image paths")
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
     suffix = path.suffix.lower()
@@ -160,6 +163,11 @@ class TableDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.train_batch_transforms = train_batch_transforms
         self.eval_batch_transforms = eval_batch_transforms
+        if sampler == "weighted" and not weight_column and task != "multiclass":
+            raise DataError(f"sampler: weighted needs weight_column under task: {task} "
+                            "(class-balanced weights exist for multiclass only)")
+        if not 0 < subset_fraction <= 1:
+            raise DataError(f"subset_fraction must be in (0, 1], got {subset_fraction}")
         self._class_names = ([str(name) for name in class_names] if class_names
                              else self.task_targets.default_class_names())
         self._names_given = class_names is not None
@@ -235,6 +243,10 @@ class TableDataModule(LightningDataModule):
                 where = (f"column {self.split_column!r} has no 'train' row" if self.split_column
                          else f"the split of {len(table)} rows left none")
                 raise DataError(f"{self.source}: no training rows: {where}")
+            if self.weight_column and not (pd.to_numeric(table[self.weight_column]).iloc[
+                    split_rows["train"]] > 0).any():
+                raise DataError(f"{self.source}: every training row has weight 0 in column "
+                                f"{self.weight_column!r}: the weighted sampler can draw none")
             if self.task_targets.labels_in_rows:
                 if self._class_names is None:
                     train = self.task_targets.row_labels(table.iloc[split_rows["train"]])
@@ -315,10 +327,11 @@ class TableDataModule(LightningDataModule):
             raise DataValidationError(self.source, [], hint="the table has no rows")
         missing = [c for c in self.required_columns() if c not in table.columns]
         if missing:
-            raise DataError(f"{self.source}: missing column(s) {missing}; "
-                             f"found {list(table.columns)}")
+            raise DataError(f"{self.source}: missing column(s) {missing}; found "
+                            f"{list(table.columns)} (the *_column options name the columns)")
         table = table.reset_index(drop=True)
-        problems = self.task_targets.problems(table) + self.row_problems(table)
+        problems = (self.task_targets.problems(table) + self.weight_problems(table)
+                    + self.row_problems(table))
         repeated = (self.input_column is not None
                     and table[self.input_column].astype(str).duplicated().any())
         if problems or repeated:
@@ -327,6 +340,16 @@ class TableDataModule(LightningDataModule):
             table = without_bad_rows(self, table, problems)
         self.task_targets.check_table(self.source, table, self._names_given)
         return table
+
+    def weight_problems(self, table: pd.DataFrame) -> list[Problem]:
+        """Rows whose ``weight_column`` cell is not a finite number >= 0."""
+        if not self.weight_column:
+            return []
+        cells = table[self.weight_column]
+        weights = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
+        return [Problem(int(row), f"weight {plain(cells.iloc[row])!r} in column "
+                                  f"{self.weight_column!r} is not a finite number >= 0")
+                for row in np.flatnonzero(~(np.isfinite(weights) & (weights >= 0)))]
 
     def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row positions per split: from the split column, or a stratified seeded split; with
@@ -347,6 +370,9 @@ class TableDataModule(LightningDataModule):
                 raise DataError(f"{self.source}: column {self.split_column!r} has values "
                                  f"{unknown}; expected train, val or test")
             return {s: np.flatnonzero(column == s) for s in SPLITS}
+        if "split" in table.columns:
+            rank_zero_info(f"{self.source}: column 'split' is not used (split_column: null), the "
+                           "split is seeded; set split_column: split to use it")
         labels = self.task_targets.strata(table)
         rest, test = stratified_split(labels, self.test_fraction, self.split_seed)
         train, val = stratified_split(labels[rest], self.val_fraction, self.split_seed + 1)
@@ -401,17 +427,12 @@ class TableDataModule(LightningDataModule):
         if self.sampler == "random":
             return RandomShardSampler(size, **shard)
         if self.sampler == "weighted":
-            if self.weight_column:
+            if self.weight_column:  # checked with the table: finite, >= 0, some above 0
                 weights = pd.to_numeric(self.split_tables["train"][self.weight_column])
-                return WeightedShardSampler(torch.as_tensor(weights.to_numpy()), **shard)
-            if self.task == "multiclass":
-                weights = class_balanced_weights(self.datasets["train"].targets)
-                return WeightedShardSampler(weights, **shard)
-            raise DataError(f"sampler: weighted needs weight_column under task: {self.task} "
-                            "(class-balanced weights exist for multiclass only)")
+                return WeightedShardSampler(torch.tensor(weights.to_numpy(np.float64)), **shard)
+            weights = class_balanced_weights(self.datasets["train"].targets)  # multiclass
+            return WeightedShardSampler(weights, **shard)
         if self.sampler == "subset_random":
-            if not 0 < self.subset_fraction <= 1:
-                raise DataError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
             chosen = torch.randperm(size, generator=torch.Generator().manual_seed(shard["seed"]))
             return SubsetRandomShardSampler(chosen[: max(1, round(self.subset_fraction * size))],
                                             **shard)

@@ -156,6 +156,10 @@ class DataFrameDataModule(TableDataModule):
         self.std: np.ndarray | None = None
         self._headers: dict[Path, Header] = {}  # size and mode of each checked image file
         self.trained_features: list[str] | None = None  # from a checkpoint: predict uses them
+        leaked = [c for c in feature_columns or [] if c in self.label_columns]
+        if leaked:
+            raise DataError(f"feature_columns include the label column(s) {leaked}: the model "
+                            "would see its own target; remove them from feature_columns")
         if self.task == "segmentation" and image_column is None:
             raise DataError("task: segmentation needs image_column (image paths) beside "
                             "mask_column")

@@ -31,6 +31,7 @@ from datamodules.base import (
 )
 from datamodules.decoded_copy import copy_path, load_copy, lock_of, save_copy, stacked_in_place
 from datamodules.samplers import call_with_seed
+from datamodules.tasks import empty_cells
 from datamodules.validation import (
     DEFAULT_MAX_PIXELS,
     Header,
@@ -253,12 +254,14 @@ class ImageCSVDataModule(TableDataModule):
                             if msg)
             return [row for row, msg in zip(rows, issues, strict=True) if not msg]
 
-        rows = list(range(len(paths)))
+        rows = keep_good(list(range(len(paths))), [
+            f"no path in column {self.path_column!r}" if empty else None
+            for empty in empty_cells(table, self.path_column)])
         if self.validate_images != "off":
             # Headers only where a cache will decode every image anyway, or may (auto).
             decode = self.validate_images == "full" and self.cache_images is False
             rows = keep_good(rows, check_image_files(
-                paths, self.image_root, decode, self.max_pixels, self._headers,
+                [paths[r] for r in rows], self.image_root, decode, self.max_pixels, self._headers,
                 self.remember_checks, self._stamps))
             masks = self.mask_paths(table)
             if masks is not None:

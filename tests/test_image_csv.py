@@ -459,7 +459,8 @@ def test_more_than_ten_problems_show_ten_and_the_total(tmp_path: Path) -> None:
     ("table", "expected"),
     [
         ("", "0 invalid row(s) (the table has no rows)"),
-        ("path\nimg/0.png\n", "missing column(s) ['label']"),
+        ("path\nimg/0.png\n", "missing column(s) ['label']; found ['path'] (the *_column options"),
+        ("path,label\n,a\nimg/1.png,a\n", "row 0: no path in column 'path'"),
         ("path,label\nimg/0.png,\n", "row 0: no label in column 'label'"),
         ('path,label\nimg/0.png,a\nimg/1.png,"   "\n', "row 1: no label in column 'label'"),
         ("path,label,split\nimg/0.png,a,train\nimg/1.png,b,test\n",
@@ -467,7 +468,7 @@ def test_more_than_ten_problems_show_ten_and_the_total(tmp_path: Path) -> None:
         ("path,label,split\nimg/0.png,a,train\nimg/1.png,a,holdout\n",
          "column 'split' has values ['holdout']"),
     ],
-    ids=["empty", "no-label-column", "empty-label", "spaces-label", "unknown-test-label",
+    ids=["empty", "no-label-column", "empty-path", "empty-label", "spaces-label", "unknown-test-label",
          "bad-split-value"],
 )
 def test_bad_tables_are_refused_with_a_message_naming_the_problem(
@@ -481,6 +482,22 @@ def test_bad_tables_are_refused_with_a_message_naming_the_problem(
         data.setup("fit")
     assert str(tmp_path / "t.csv") in str(error.value)
     assert expected in str(error.value)
+
+
+def test_a_folder_given_as_the_table_is_named_as_a_folder(tmp_path: Path) -> None:
+    make_images(tmp_path, 2, ["a"])
+    data = ImageCSVDataModule(tmp_path / "img", task="none", num_workers=0)
+    with pytest.raises(DataError, match=r"img is a folder: give a table \(CSV"):
+        data.setup("fit")
+
+
+def test_a_split_column_left_unset_is_said_not_silently_ignored(tmp_path: Path) -> None:
+    make_images(tmp_path, 20, ["a", "b"])
+    rows = [{"path": f"img/{i}.png", "label": "ab"[i % 2], "split": "train"} for i in range(20)]
+    data = ImageCSVDataModule(write_table(tmp_path, rows), num_workers=0)
+    with log_lines() as lines:
+        data.setup("fit")
+    assert any("column 'split' is not used (split_column: null)" in line for line in lines)
 
 
 @pytest.mark.slow

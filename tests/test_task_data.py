@@ -168,6 +168,50 @@ def test_a_split_column_without_training_rows_is_refused_in_one_line() -> None:
         data.setup("fit")
 
 
+@pytest.mark.parametrize(("weights", "message"), [
+    ({3: np.nan}, "row 3: weight nan in column 'w' is not a finite number >= 0"),
+    ({5: -1.0}, "row 5: weight -1.0 in column 'w'"),
+    ({4: "heavy"}, "row 4: weight 'heavy' in column 'w'"),
+    ("all", "every training row has weight 0 in column 'w'"),
+])
+def test_sampling_weights_that_are_not_finite_non_negative_numbers_are_refused_naming_the_row(
+        weights: dict | str, message: str) -> None:
+    frame = table(rows=40)
+    frame["w"] = 0.0 if weights == "all" else 1.0
+    if isinstance(weights, dict):
+        frame["w"] = frame["w"].astype(object)
+        for row, value in weights.items():
+            frame.loc[row, "w"] = value
+    data = DataFrameDataModule(frame, task="regression", label_column="price",
+                               sampler="weighted", weight_column="w", feature_columns=["a"])
+    with pytest.raises(DataError, match=message) as error:
+        data.setup("fit")
+    assert "\n" not in str(error.value)
+
+
+def test_a_label_column_among_the_features_is_refused() -> None:
+    with pytest.raises(DataError, match=r"label column\(s\) \['price'\]: the model would see"):
+        DataFrameDataModule(table(), task="regression", label_column="price",
+                            feature_columns=["a", "price"])
+
+
+def test_labels_differing_only_by_surrounding_spaces_are_one_class() -> None:
+    frame = table(rows=40)
+    frame["label"] = ["cat", "dog", "cat ", " dog"] * 10
+    data = fitted(DataFrameDataModule(frame, feature_columns=["a"], num_workers=0))
+    assert data.class_names == ["cat", "dog"]
+
+
+def test_a_label_delimiter_in_no_row_is_refused_naming_the_one_the_cells_hold() -> None:
+    frame = table(rows=40)
+    frame["tags"] = ["red,green", "red", "green,blue", "blue"] * 10
+    data = DataFrameDataModule(frame, task="multilabel", label_column="tags",
+                               label_delimiter=";", feature_columns=["a"])
+    with pytest.raises(DataError, match=r"label_delimiter ';' is in no row of column 'tags', "
+                                        r"whose cells hold ','.*set label_delimiter: ','"):
+        data.setup("fit")
+
+
 def test_task_none_yields_the_inputs_alone() -> None:
     data = fitted(DataFrameDataModule(table(), task="none", feature_columns=["a", "b", "c"],
                                       num_workers=0))
@@ -179,10 +223,9 @@ def test_task_none_yields_the_inputs_alone() -> None:
 
 def test_the_weighted_sampler_needs_weights_outside_multiclass() -> None:
     frame = table()
-    data = fitted(DataFrameDataModule(frame, task="regression", label_column="price",
-                                      sampler="weighted", feature_columns=["a"], num_workers=0))
-    with pytest.raises(DataError, match="weight_column"):
-        data.train_dataloader()
+    with pytest.raises(DataError, match="weight_column"):  # before any file or run folder
+        DataFrameDataModule(frame, task="regression", label_column="price", sampler="weighted",
+                            feature_columns=["a"])
     frame["w"] = np.where(frame["cat"] == 1, 1.0, 0.0)
     data = fitted(DataFrameDataModule(frame, task="regression", label_column="price",
                                       sampler="weighted", weight_column="w",

@@ -76,10 +76,11 @@ def missing_problems(table: pd.DataFrame, columns: list[str], what: str) -> list
 
 
 def label_key(value: object) -> str:
-    """Labels compare as strings so 3, "3" and 3.0 read from different files agree."""
+    """Labels compare as strings so 3, "3" and 3.0 read from different files agree, and
+    without surrounding spaces ("cat " is "cat")."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value)
+    return str(value).strip()
 
 
 def sorted_names(keys: set[str]) -> list[str]:

@@ -41,6 +41,21 @@ class Multilabel(NoTargets):
                                                   f"{plain(cells.iloc[row])!r}, not 0 or 1"))
         return problems
 
+    def check_table(self, source: str, table: pd.DataFrame, names_given: bool) -> None:
+        """A ``label_delimiter`` in no row, where the cells hold another usual one, is refused:
+        each combination of names would become one label."""
+        if self.delimiter is None:
+            return
+        cells = table[self.columns[0]].dropna().astype(str)
+        if cells.str.contains(self.delimiter, regex=False).any():
+            return
+        for other in (",", ";", "|"):
+            holding = cells[cells.str.contains(other, regex=False)]
+            if other != self.delimiter and len(holding):
+                raise DataError(f"{source}: label_delimiter {self.delimiter!r} is in no row of "
+                                f"column {self.columns[0]!r}, whose cells hold {other!r} (e.g. "
+                                f"{holding.iloc[0]!r}); set label_delimiter: {other!r}")
+
     def row_labels(self, rows: pd.DataFrame) -> list[list[str]]:
         """The labels whose 0/1 column is 1, or the delimited names."""
         if self.delimiter is None:
