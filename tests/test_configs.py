@@ -18,7 +18,7 @@ DEBUG_PRESETS = {  # preset: what its output shows (a regular expression)
     "overfit": r"epochs / steps\s+│ 100 / 100 ",
     "profile": r"Profiler Report",
     "anomaly": r"epochs / steps\s+│ 1 / \d+ ",
-    "limit": r"epochs / steps\s+│ 2 / \d+ ",
+    "limit": r"epochs / steps\s+│ 2 / 40 ",  # 20 batches an epoch
 }
 
 
