@@ -83,7 +83,9 @@ def load_model(ckpt_path: Path, trust: Sequence[str] = ()) -> tuple[nn.Module, d
     data_hparams = checkpoint.get("datamodule_hyper_parameters") or {}
     data_state = checkpoint.get(str(data_hparams.get("_class_path", "")).rpartition(".")[2])
     data_state = data_state if isinstance(data_state, dict) else {}
-    preprocessing = {"read_mode": data_hparams.get("read_mode"), "input_shape": None,
+    images = data_hparams.get("image_column", "no such option") is not None  # a table: none
+    preprocessing = {"read_mode": data_hparams.get("read_mode") if images else None,
+                     "input_shape": None,
                      "mean": None, "std": None, "eval_transforms": None,
                      **(checkpoint.get("preprocessing") or {})}
     task = model_task(hparams, data_hparams, data_state, model_class)

@@ -127,6 +127,7 @@ def test_each_task_fits_tests_predicts_and_exports(projects: dict[str, Path], ta
     shapes = {"regression": ([10], []), "multilabel": ([1, 8, 8], [2]),
               "segmentation": ([1, 8, 8], [3, 8, 8]), "none": ([1, 8, 8], [1, 8, 8])}
     assert (meta["input_shape"], meta["output_shape"]) == shapes[task]
+    assert meta["read_mode"] == (None if task == "regression" else "GRAY")
     assert meta["output_names"] == {"regression": ["target"], "multilabel": ["even", "big"],
                                     "segmentation": ["background", "small", "big"],
                                     "none": None}[task]
