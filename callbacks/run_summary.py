@@ -175,14 +175,31 @@ def _table(summary: dict[str, Any]) -> Table:
     return table
 
 
+# How modules name a stage in their metric names, before or after the metric, with / or _.
+STAGE_SPELLINGS = {"train": ("train", "training"), "val": ("val", "valid", "validation"),
+                   "test": ("test",)}
+
+
+def _metric_of(name: str, stage: str) -> str | None:
+    """``name``'s metric if ``name`` is one of ``stage`` (``val/acc``, ``val_acc``,
+    ``valid_loss``, ``mse_val``, ``loss/validation``), else None."""
+    for spelling in STAGE_SPELLINGS[stage]:
+        for sep in "/_":
+            if name.startswith(spelling + sep):
+                return name[len(spelling) + 1:]
+            if name.endswith(sep + spelling):
+                return name[:-len(spelling) - 1]
+    return None
+
+
 def _scalars(metrics: dict[str, Any], *stages: str) -> dict[str, float]:
-    """The scalar metrics of these stages: ``val/acc`` (this template's style) or ``val_acc``."""
-    prefixes = tuple(f"{stage}{sep}" for stage in stages for sep in "/_")
+    """The scalar metrics of these stages, by their full names."""
     return {name: float(value) for name, value in sorted(metrics.items())
-            if name.startswith(prefixes) and getattr(value, "numel", lambda: 1)() == 1}
+            if any(_metric_of(name, stage) for stage in stages)
+            and getattr(value, "numel", lambda: 1)() == 1}
 
 
 def _stage(metrics: dict[str, float], stage: str) -> dict[str, float]:
-    """``{metric: value}`` of one stage, its prefix removed (``val/acc`` -> ``acc``)."""
-    return {name[len(stage) + 1:]: value for name, value in _scalars(metrics, stage).items()
+    """``{metric: value}`` of one stage, the stage left out of the name (``val/acc`` -> ``acc``)."""
+    return {_metric_of(name, stage): value for name, value in _scalars(metrics, stage).items()
             if not name.endswith("_step")}

@@ -17,8 +17,11 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image
+from rich.console import Console
+from torch.utils.data import DataLoader, TensorDataset
 
 import train
+from callbacks.run_summary import RunSummary
 from tests.conftest import REPO, base_args, pythonpath_with, read_events
 
 CONFIGS = REPO / "configs"
@@ -282,3 +285,37 @@ def test_output_under_ci_has_no_control_characters(run_dir: Path, digits_root: P
     assert "epoch 1/1 step 4 (4/4 batches)" in result.stdout
     assert "Run summary" in result.stdout
     assert "\x1b" not in output and "\r" not in output
+
+
+class OwnNames(LightningModule):
+    """A module naming its stages its own way: ``valid_loss``, ``mse_val``, ``loss/training``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(3, 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+        self.log("loss/training", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        loss = torch.nn.functional.mse_loss(self.net(batch[0]), batch[1])
+        self.log("valid_loss", loss)
+        self.log("mse_val", loss)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_the_summary_shows_metrics_named_with_the_stage_before_or_after(tmp_path: Path) -> None:
+    points = TensorDataset(torch.randn(32, 3), torch.randn(32, 1))
+    summary = RunSummary()
+    trainer = Trainer(max_epochs=2, callbacks=[summary], logger=False, enable_progress_bar=False,
+                      enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(OwnNames(), DataLoader(points, batch_size=8), DataLoader(points, batch_size=8))
+    out = io.StringIO()
+    summary.report(trainer, Console(file=out, width=120))
+    rows = {line.split("│")[1].strip() for line in out.getvalue().splitlines()
+            if line.startswith("│") and line.count("│") > 3}
+    assert {"loss", "mse"} <= rows, out.getvalue()

@@ -468,8 +468,8 @@ def test_more_than_ten_problems_show_ten_and_the_total(tmp_path: Path) -> None:
         ("path,label,split\nimg/0.png,a,train\nimg/1.png,a,holdout\n",
          "column 'split' has values ['holdout']"),
     ],
-    ids=["empty", "no-label-column", "empty-path", "empty-label", "spaces-label", "unknown-test-label",
-         "bad-split-value"],
+    ids=["empty", "no-label-column", "empty-path", "empty-label", "spaces-label",
+         "unknown-test-label", "bad-split-value"],
 )
 def test_bad_tables_are_refused_with_a_message_naming_the_problem(
     tmp_path: Path, table: str, expected: str
