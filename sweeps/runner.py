@@ -125,7 +125,10 @@ class Sweep:
                 return
             summary = json.loads((self.folder / run / "summary.json").read_text())
             if summary.get("best_score") is None:
-                self.fail(trial, f"the run logged no {self.monitor!r}", run)
+                logged = ", ".join(summary.get("metrics") or {}) or "none"
+                self.fail(trial, f"the run logged no {self.monitor!r}, the sweep's objective "
+                                 f"(its metrics: {logged}); set --checkpoint.monitor and "
+                                 "--checkpoint.mode", run)
                 return
             scores.append(summary["best_score"])
             metrics.append(summary.get("best_epoch_metrics") or {})
