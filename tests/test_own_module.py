@@ -4,6 +4,7 @@ own metric names, lazy layers, ``num_classes`` in ``__init__``, no ``test_step``
 checkpoints, predicts and exports with the same commands as the template's own model."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -211,16 +212,21 @@ class WithUnreachedLazy(LazyNet):
 '''
 
 
+def fit_points_on_two_ranks(folder: Path, model: str) -> subprocess.CompletedProcess[str]:
+    """``train.py`` on 2 DDP ranks with the user's own datamodule and ``model`` (points.py)."""
+    (folder / "points.py").write_text(OWN_DATA_AND_LAZY_MODULE)
+    return run_train_subprocess(
+        ["--data", "points.Points", "--model", f"points.{model}", "--devices", "2",
+         "--max_epochs", "1", "--checkpoint.monitor", "fit_loss",
+         f"--trainer.logger.init_args.save_dir={folder / 'logs'}"],
+        cwd=folder, extra_path=folder, timeout=240)
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_lazy_layers_get_their_shapes_from_a_users_own_datamodule_before_ddp(
         tmp_path: Path) -> None:
-    (tmp_path / "points.py").write_text(OWN_DATA_AND_LAZY_MODULE)
-    result = run_train_subprocess(
-        ["--data", "points.Points", "--model", "points.LazyNet", "--devices", "2",
-         "--max_epochs", "1", "--checkpoint.monitor", "fit_loss",
-         f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
-        cwd=tmp_path, extra_path=tmp_path, timeout=240)
+    result = fit_points_on_two_ranks(tmp_path, "LazyNet")
     assert result.returncode == 0, result.stderr[-3000:]
     (last,) = (tmp_path / "logs").rglob("last.ckpt")
     weights = torch.load(last, weights_only=True)["state_dict"]
@@ -231,11 +237,7 @@ def test_lazy_layers_get_their_shapes_from_a_users_own_datamodule_before_ddp(
 @pytest.mark.ddp
 def test_a_lazy_layer_forward_does_not_reach_stops_ddp_in_one_line_naming_it(
         tmp_path: Path) -> None:
-    (tmp_path / "points.py").write_text(OWN_DATA_AND_LAZY_MODULE)
-    result = run_train_subprocess(
-        ["--data", "points.Points", "--model", "points.WithUnreachedLazy", "--devices", "2",
-         "--max_epochs", "1", f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}"],
-        cwd=tmp_path, extra_path=tmp_path, timeout=240)
+    result = fit_points_on_two_ranks(tmp_path, "WithUnreachedLazy")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert "aux.weight, aux.bias still have no shape" in result.stderr
