@@ -330,15 +330,19 @@ class TableDataModule(LightningDataModule):
             raise DataError(f"{self.source}: missing column(s) {missing}; found "
                             f"{list(table.columns)} (the *_column options name the columns)")
         table = table.reset_index(drop=True)
-        problems = (self.task_targets.problems(table) + self.weight_problems(table)
-                    + self.row_problems(table))
+        # The table's own problems first: checking the files can take minutes.
+        problems = self.task_targets.problems(table) + self.weight_problems(table)
+        if problems and not self.skip_invalid:
+            raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
+        readable = table.drop(index=[p.row for p in problems])
+        self.task_targets.check_table(self.source, readable, self._names_given)
+        problems += self.row_problems(table)
         repeated = (self.input_column is not None
                     and table[self.input_column].astype(str).duplicated().any())
         if problems or repeated:
             from datamodules.bad_rows import without_bad_rows
 
             table = without_bad_rows(self, table, problems)
-        self.task_targets.check_table(self.source, table, self._names_given)
         return table
 
     def weight_problems(self, table: pd.DataFrame) -> list[Problem]:

@@ -484,6 +484,17 @@ def test_bad_tables_are_refused_with_a_message_naming_the_problem(
     assert expected in str(error.value)
 
 
+def test_the_tables_own_problems_are_reported_before_any_file_is_checked(tmp_path: Path) -> None:
+    # A label error on a large folder is said at once, not after minutes of checking files.
+    make_images(tmp_path, 2, ["a"])
+    (tmp_path / "t.csv").write_text("path,label\nimg/0.png,a\nimg/1.png,\nimg/9.png,a\n")
+    data = ImageCSVDataModule(tmp_path / "t.csv", num_workers=0)
+    with pytest.raises(DataValidationError) as error:
+        data.setup("fit")
+    assert [p.row for p in error.value.problems] == [1]  # img/9.png is missing: not looked at
+    assert "row 1: no label in column 'label'" in str(error.value)
+
+
 def test_a_folder_given_as_the_table_is_named_as_a_folder(tmp_path: Path) -> None:
     make_images(tmp_path, 2, ["a"])
     data = ImageCSVDataModule(tmp_path / "img", task="none", num_workers=0)
