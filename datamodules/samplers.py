@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler, get_worker_info
+from torch.utils.data import DistributedSampler
 
 SamplerName = Literal["sequential", "random", "weighted", "subset_random"]
 T = TypeVar("T")
@@ -46,11 +46,6 @@ def call_with_seed(function: Callable[..., T], *args: Any, seed: int | None) -> 
     if seed is None:
         return function(*args)
     generator = torch.random.default_generator  # CPU only: CUDA streams untouched
-    if get_worker_info() is not None:
-        # A worker's stream is only ever used under these seeds: not putting it back saves
-        # ~10 us, as much as a small transform.
-        generator.manual_seed(seed)
-        return function(*args)
     state = generator.get_state()
     generator.manual_seed(seed)
     try:
