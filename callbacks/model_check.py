@@ -12,9 +12,10 @@ from errors import DataError
 
 
 class CheckModelTakesData(Callback):
-    """Runs one validation (else training) sample through ``pl_module(inputs)``, in eval mode
-    without gradients, when fit sets up: a model unlike the data (``in_features``,
-    ``in_channels``) fails in one line naming the sample's shape instead of a traceback from the
+    """Runs one sample of the stage's data (fit: validation, else training) through
+    ``pl_module(inputs)``, in eval mode without gradients, when a stage sets up: a model
+    unlike the data (``in_features``, ``in_channels``, a checkpoint's model for other images)
+    fails in one line naming the sample's shape instead of a traceback from the
     sanity check, and lazy layers get their shapes before the optimizer and DDP (which refuses
     them) see the parameters. A module without a ``forward`` of the inputs alone, or that builds
     its layers in its own ``setup``/``configure_model``, is left to Lightning; so is a compiled
@@ -22,9 +23,9 @@ class CheckModelTakesData(Callback):
     ``datasets`` gives its first validation (else training) batch, for lazy layers only."""
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit" or getattr(pl_module, "hparams", {}).get("compile_backbone"):
+        if getattr(pl_module, "hparams", {}).get("compile_backbone"):
             return
-        batch = self.first_batch(trainer, pl_module)
+        batch = self.first_batch(trainer, pl_module, stage)
         if batch is None:
             return
         batch = trainer.datamodule.on_after_batch_transfer(batch, 0)  # eval batch transforms
@@ -53,17 +54,17 @@ class CheckModelTakesData(Callback):
                             "input size")
 
     @staticmethod
-    def first_batch(trainer: Trainer, pl_module: LightningModule) -> Any:
+    def first_batch(trainer: Trainer, pl_module: LightningModule, stage: str) -> Any:
         """One sample as a batch, or None where there is nothing to check."""
+        splits = {"fit": ("val", "train"), "validate": ("val",)}.get(stage, (stage,))
         datamodule = trainer.datamodule
         datasets = getattr(datamodule, "datasets", None)
         if isinstance(datasets, dict):
-            dataset = next((datasets[s] for s in ("val", "train") if len(datasets.get(s) or ())),
-                           None)
+            dataset = next((datasets[s] for s in splits if len(datasets.get(s) or ())), None)
             return None if dataset is None else default_collate([dataset[0]])
         if datamodule is None or not any(is_lazy(p) for p in pl_module.parameters()):
             return None
-        for hook in ("val_dataloader", "train_dataloader"):
+        for hook in (f"{split}_dataloader" for split in splits):
             if is_overridden(hook, datamodule):  # the loader is started once for it
                 loader = getattr(datamodule, hook)()
                 loader = loader[0] if isinstance(loader, (list, tuple)) else loader

@@ -18,7 +18,8 @@ from configs import config_files_in, fail, instance_hints, loaded_class
 from errors import DataError, NonFiniteLossError
 
 # A write the machine refused (disk full, read-only or unwritable folder): the user's to fix.
-WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+WRITE_REFUSED = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.ENOTDIR, errno.EISDIR)
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value type:",
           "Expected a <class 'NoneType'>", "Expected a path but ")
@@ -45,7 +46,9 @@ def one_line_for(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, ValueError) and "Problem with given class_path" in str(error):
         return condense_error(str(error)), 2  # jsonargparse could not build a configured class
     if isinstance(error, MisconfigurationException):  # Lightning refusing --max_epochs -5
-        return str(error), 2
+        hint = (": without a logger, drop it from trainer.callbacks (configs/default.yaml)"
+                if "that has no logger" in str(error) else "")
+        return (str(error).rstrip(".") + hint if hint else str(error)), 2
     if isinstance(error, TypeError):  # a module calling self.hparams.optimizer(...)
         line = explain_hparams_call(error)
         return (line, 1) if line else None
@@ -53,7 +56,22 @@ def one_line_for(error: BaseException) -> tuple[str, int] | None:
         return f"cannot write {error.filename or 'a file'}: {error.strerror}", 1
     if isinstance(error, NonFiniteLossError):  # the weights never saw the bad step
         return str(error), 1
+    if isinstance(error, RuntimeError) and str(error).startswith(_STATE_DICT):
+        return weights_do_not_fit(str(error)), 2  # a checkpoint of another model or data
     return None
+
+
+_STATE_DICT = "Error(s) in loading state_dict for "
+
+
+def weights_do_not_fit(message: str) -> str:
+    """torch's report of a checkpoint's weights that do not fit the model, in one line."""
+    model, _, details = message[len(_STATE_DICT):].partition(":")
+    first = details.strip().splitlines()[0].strip() if details.strip() else ""
+    first = first if len(first) <= 160 else first[:157] + "..."
+    return (f"the checkpoint's weights do not fit {model} as configured ({first}): it was "
+            "trained with another model or data (classes, channels, sizes); give the config "
+            "it was trained with (--config <its run>/config.yaml)")
 
 
 def check_yaml_syntax(argv: list[str]) -> None:

@@ -444,13 +444,14 @@ class TableDataModule(LightningDataModule):
 
     def last_batch_of_one_under_batchnorm(self, samples: int) -> bool:
         """True, said in one line, where this rank's last training batch would hold one sample
-        and the model has BatchNorm1d, which cannot normalise one value per channel in training
-        and would stop the run there every epoch: that batch is dropped (``drop_last``). The
-        2d/3d norms see H x W values per sample and train on a batch of one."""
+        and the model has BatchNorm, which cannot normalise one value per channel in training
+        (BatchNorm1d; BatchNorm2d on 1x1 maps, as a ResNet's last block on 32x32 images) and
+        would stop the run there every epoch: that batch is dropped (``drop_last``)."""
         model = self.trainer.lightning_module if self.trainer else None
         if model is None or samples <= 1 or samples % self.batch_size != 1:
             return False
-        if not any(isinstance(module, nn.BatchNorm1d) for module in model.modules()):
+        norms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+        if not any(isinstance(module, norms) for module in model.modules()):
             return False
         rank_zero_info(f"{type(self).__name__}: the last training batch would hold 1 of "
                        f"{samples} samples, which {type(model).__name__}'s BatchNorm cannot "

@@ -41,7 +41,9 @@ def resume_point(trainer: Trainer) -> tuple[bool, int]:
     it continues in. Lightning counts an epoch as processed just before
     ``on_train_epoch_end`` (after its last batch and validation); after the last epoch
     that count is the final one."""
-    if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    # The last batch is fetched (is_last_batch) before it trains: stopped in it, still inside.
+    if not batches.is_last_batch or batches.current.completed < batches.current.ready:
         return True, trainer.current_epoch
     epochs = trainer.fit_loop.epoch_progress.current  # (FitLoop.done would change them)
     if trainer.max_epochs not in (None, -1) and epochs.processed >= trainer.max_epochs:

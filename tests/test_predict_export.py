@@ -332,3 +332,21 @@ def test_export_that_misses_the_tolerance_fails_and_says_by_how_much(
     assert export.main(["--ckpt_path", str(trained.ckpt), "--format", "torchscript",
                         "--output", str(tmp_path / "m.pt"), "--tolerance", "-1"]) == 1
     assert "more than the tolerance -1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["test", "predict"])
+def test_a_checkpoint_for_other_images_is_one_line_not_a_traceback(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], stage: str,
+) -> None:
+    # The run trained on gray digits; the same files read as RGB have 3 channels.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([stage, *trained.args(), "--data.init_args.read_mode=RGB",
+                    f"--ckpt_path={trained.ckpt}",
+                    f"--data.init_args.predict_path={trained.predict_dir}"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("train.py: error: ImageClassifier does not take the data's samples "
+                           "(one sample of shape (1, 3, 12, 12))"), line

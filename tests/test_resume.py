@@ -257,3 +257,19 @@ def test_step_checkpoints_rewrite_last_only_and_best_files_follow_validation(
          "--checkpoint.train_time_interval=0:00:00", hook("SigkillAtStep", step=3)], cwd=tmp_path)
     assert killed.returncode == -signal.SIGKILL, output(killed)
     assert load(last_checkpoint(logs))["global_step"] == 3
+
+
+def test_ctrl_c_in_an_epochs_last_batch_saves_a_checkpoint_inside_that_epoch(
+    tmp_path: Path, digits_root: Path
+) -> None:
+    # Epoch 1 is steps 0-5: Ctrl+C as step 5 starts, its batch already fetched, not trained.
+    logs = tmp_path / "logs"
+    args = [*base_args(digits_root, logs), *RUN]
+    run_train_subprocess([*args, hook("SignalAtStep", signal_name="SIGINT", step=5)],
+                         cwd=tmp_path)
+    saved = load(last_checkpoint(logs))
+    assert saved["global_step"] == 5 and data_state(saved)["inside_epoch"]
+
+    refused = run_train_subprocess([*args, "--ckpt_path=last", "--data.init_args.batch_size=8"],
+                                   cwd=tmp_path)
+    assert refused.returncode == 2 and "batch_size 16 -> 8" in refused.stderr, output(refused)

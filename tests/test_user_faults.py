@@ -137,3 +137,42 @@ def test_an_image_of_another_size_stops_the_run_before_it_starts(
     line = one_line(capsys)
     assert line.startswith("train.py: error: ") and f"{odd} (1x1 L) becomes [1, 1, 1]" in line
     assert not (run_dir / "logs").exists()
+
+
+@pytest.mark.slow
+def test_a_last_batch_of_one_under_batchnorm2d_on_1x1_maps_is_left_out(
+    run_dir: Path, digits_root: Path,
+) -> None:
+    # ResNet-18 on small images: its last block's BatchNorm2d sees 1x1 maps, one value per
+    # channel for a batch of one, as BatchNorm1d does.
+    from datamodules.digits import DigitsDataModule
+    from tests.conftest import REPO
+
+    data = DigitsDataModule(root=digits_root)
+    data.setup("fit")
+    rows = len(data.datasets["train"])
+    cli = train.main(["fit", "--config", str(REPO / "configs/resnet18.yaml"),
+                      *base_args(digits_root, run_dir / "logs"), "--max_epochs=1",
+                      "--trainer.limit_val_batches=1", f"--data.init_args.batch_size={rows - 1}"])
+    assert cli.trainer.global_step == 1  # the full batch trained, the batch of one left out
+
+
+def test_weights_that_do_not_fit_and_a_log_path_through_a_file_are_one_line() -> None:
+    from configs.messages import one_line_for
+
+    with pytest.raises(RuntimeError) as mismatch:  # a checkpoint of a model for 4 classes
+        torch.nn.Linear(3, 2).load_state_dict(torch.nn.Linear(3, 4).state_dict())
+    line, status = one_line_for(mismatch.value)
+    assert status == 2 and line.startswith(
+        "the checkpoint's weights do not fit Linear as configured (size mismatch for weight")
+    assert "--config <its run>/config.yaml" in line and "\n" not in line
+
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    no_logger = MisconfigurationException(
+        "Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger.")
+    assert one_line_for(no_logger)[0].endswith(
+        "no logger: without a logger, drop it from trainer.callbacks (configs/default.yaml)")
+
+    through_a_file = NotADirectoryError(errno.ENOTDIR, "Not a directory", "logs/afile/run")
+    assert one_line_for(through_a_file) == ("cannot write logs/afile/run: Not a directory", 1)
