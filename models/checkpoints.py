@@ -46,6 +46,7 @@ def check_ckpt_path(config: Any, stage: str, configured_model: str | None) -> No
                                                      *package_of(data)])
     if stage == "fit":
         refuse_resuming_another_run(checkpoint, ckpt_path, config)
+        refuse_resuming_a_finished_run(checkpoint, ckpt_path, config)
 
 
 def use_checkpoint(config: Any, stage: str | None, configured_model: str | None) -> None:
@@ -150,6 +151,26 @@ def refuse_resuming_another_run(checkpoint: dict[str, Any], path: str | Path,
         raise DataError(f"{path} is another run's checkpoint: {'; '.join(differences)}. "
                         "Resuming needs the same model, data and task; to start a new run "
                         "from its weights, see docs/logs_and_checkpoints.md")
+
+
+def refuse_resuming_a_finished_run(checkpoint: dict[str, Any], path: str | Path,
+                                   config: Any) -> None:
+    """A checkpoint whose fit already did ``max_epochs`` (or ``max_steps``) has nothing left to
+    train: Lightning would only test it again and rewrite the run's summary and config."""
+    trainer = config.get("trainer") or {}
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps")
+    epochs = (((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
+              or {}).get("current", {}).get("processed")
+    steps = checkpoint.get("global_step")
+    done = None
+    if isinstance(epochs, int) and max_epochs not in (None, -1) and epochs >= max_epochs:
+        done = f"{epochs} of max_epochs {max_epochs}"
+    elif isinstance(steps, int) and max_steps not in (None, -1) and steps >= max_steps:
+        done = f"{steps} of max_steps {max_steps}"
+    if done:
+        raise DataError(f"{path} is a finished run ({done} done): nothing to train; raise "
+                        f"--max_epochs (or --max_steps) to train on, or test it with "
+                        f"`train.py test --ckpt_path {path}`")
 
 
 def resolve_last_checkpoint(config: Any, stage: str = "fit") -> None:

@@ -330,3 +330,21 @@ def test_the_summary_names_last_ckpt_when_the_best_epoch_is_the_first(
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_epoch"] == 0 and "epoch00" in summary["best_checkpoint"]
     assert summary["last_checkpoint"] == str(run / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_is_refused_and_leaves_its_records(
+    digits_root: Path, digits_checkpoint: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The one-epoch run's own logs: a resume would train nothing, then rewrite its summary.
+    run_dir = digits_checkpoint.parents[1]
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["fit", *base_args(digits_root, run_dir.parents[1]), "--max_epochs=1",
+                    f"--ckpt_path={digits_checkpoint}"])
+    assert exit_info.value.code == 2
+    line = one_line(capsys)
+    assert line.startswith(f"train.py: error: {digits_checkpoint} is a finished run (1 of "
+                           "max_epochs 1 done): nothing to train; raise --max_epochs"), line
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
