@@ -33,7 +33,8 @@ class CheckModelTakesData(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with torch.no_grad():
+            # Under the run's precision (autocast for *-mixed), as its steps will run.
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
                 pl_module(inputs)
         except (TypeError, NotImplementedError, AttributeError):
             return  # no forward, one that takes more than the inputs, or layers built later
