@@ -142,14 +142,17 @@ def test_resume_from_last_continues_the_same_run_and_global_step(
     assert only_run_dir(logs) == run  # same version folder: logs and checkpoints continue
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
     # The summary's best epoch is that of the whole run, the one whose checkpoint was tested,
-    # also when it came before the resume; resuming the finished run again keeps it.
-    for _ in range(2):
-        summary = json.loads((run / "summary.json").read_text())
-        best = cli.trainer.checkpoint_callback.best_model_path
-        assert Path(best).name.startswith(f"epoch{summary['best_epoch']:02d}-")
-        assert summary["best_epoch_metrics"]["val/loss"] == pytest.approx(
-            summary["best_score"], abs=1e-6)
-        cli = train.main([*args, "--ckpt_path=last"])
+    # also when it came before the resume.
+    summary = json.loads((run / "summary.json").read_text())
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert Path(best).name.startswith(f"epoch{summary['best_epoch']:02d}-")
+    assert summary["best_epoch_metrics"]["val/loss"] == pytest.approx(
+        summary["best_score"], abs=1e-6)
+    # The run is finished: resuming it again trains nothing, so it is refused, records kept.
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--ckpt_path=last"])
+    assert exit_info.value.code == 2
+    assert json.loads((run / "summary.json").read_text()) == summary
 
 
 @pytest.mark.slow
