@@ -22,17 +22,9 @@ from torchvision import transforms as transforms_v1
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datamodules.samplers import (
-    EpochSeededSampler,
-    RandomShardSampler,
-    SamplerName,
-    SequentialShardSampler,
-    SubsetRandomShardSampler,
-    WeightedShardSampler,
-    class_balanced_weights,
-)
+from datamodules.samplers import EpochSeededSampler, RandomShardSampler, SamplerName
 from datamodules.splits import stratified_split
-from datamodules.tasks import Task, plain, sorted_names, task_targets
+from datamodules.tasks import Task, sorted_names, task_targets
 from datamodules.validation import DataValidationError, Problem
 from errors import DataError
 
@@ -331,7 +323,11 @@ class TableDataModule(LightningDataModule):
                             f"{list(table.columns)} (the *_column options name the columns)")
         table = table.reset_index(drop=True)
         # The table's own problems first: checking the files can take minutes.
-        problems = self.task_targets.problems(table) + self.weight_problems(table)
+        problems = self.task_targets.problems(table)
+        if self.weight_column:
+            from datamodules.optional_samplers import weight_problems
+
+            problems += weight_problems(table, self.weight_column)
         if problems and not self.skip_invalid:
             raise DataValidationError(self.source, sorted(problems, key=lambda p: p.row))
         readable = table.drop(index=[p.row for p in problems])
@@ -344,16 +340,6 @@ class TableDataModule(LightningDataModule):
 
             table = without_bad_rows(self, table, problems)
         return table
-
-    def weight_problems(self, table: pd.DataFrame) -> list[Problem]:
-        """Rows whose ``weight_column`` cell is not a finite number >= 0."""
-        if not self.weight_column:
-            return []
-        cells = table[self.weight_column]
-        weights = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=np.float64)
-        return [Problem(int(row), f"weight {plain(cells.iloc[row])!r} in column "
-                                  f"{self.weight_column!r} is not a finite number >= 0")
-                for row in np.flatnonzero(~(np.isfinite(weights) & (weights >= 0)))]
 
     def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
         """Row positions per split: from the split column, or a stratified seeded split; with
@@ -425,22 +411,11 @@ class TableDataModule(LightningDataModule):
         trainer = self.trainer
         shard = {"num_replicas": trainer.world_size if trainer else 1,
                  "rank": trainer.global_rank if trainer else 0, "seed": global_seed()}
-        size = len(self.datasets["train"])
-        if self.sampler == "sequential":
-            return SequentialShardSampler(size, **shard)
         if self.sampler == "random":
-            return RandomShardSampler(size, **shard)
-        if self.sampler == "weighted":
-            if self.weight_column:  # checked with the table: finite, >= 0, some above 0
-                weights = pd.to_numeric(self.split_tables["train"][self.weight_column])
-                return WeightedShardSampler(torch.tensor(weights.to_numpy(np.float64)), **shard)
-            weights = class_balanced_weights(self.datasets["train"].targets)  # multiclass
-            return WeightedShardSampler(weights, **shard)
-        if self.sampler == "subset_random":
-            chosen = torch.randperm(size, generator=torch.Generator().manual_seed(shard["seed"]))
-            return SubsetRandomShardSampler(chosen[: max(1, round(self.subset_fraction * size))],
-                                            **shard)
-        raise ValueError(f"unknown sampler {self.sampler!r}")
+            return RandomShardSampler(len(self.datasets["train"]), **shard)
+        from datamodules.optional_samplers import chosen_sampler
+
+        return chosen_sampler(self, shard)
 
     def last_batch_of_one_under_batchnorm(self, samples: int) -> bool:
         """True, said in one line, where this rank's last training batch would hold one sample

@@ -9,7 +9,7 @@ calls their ``set_epoch``. Each index carries a seed for its sample's random tra
 (``state_dict``) with each batch it hands out.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -109,48 +109,8 @@ class EpochSeededSampler(DistributedSampler):
         return list(map(SeededIndex, order[shard].tolist(), seeds[shard].tolist()))
 
 
-class SequentialShardSampler(EpochSeededSampler):
-    """Rows in table order, every epoch (e.g. curriculum or debugging)."""
-
-    def global_order(self, generator: torch.Generator) -> Tensor:
-        return torch.arange(len(self.dataset))
-
-
 class RandomShardSampler(EpochSeededSampler):
     """A fresh permutation of all rows every epoch."""
 
     def global_order(self, generator: torch.Generator) -> Tensor:
         return torch.randperm(len(self.dataset), generator=generator)
-
-
-class WeightedShardSampler(EpochSeededSampler):
-    """``num_draws`` rows drawn with replacement in proportion to ``weights``."""
-
-    def __init__(self, weights: Sequence[float] | Tensor, num_draws: int | None = None,
-                 num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
-        self.weights = w = torch.as_tensor(weights, dtype=torch.double)
-        if w.ndim != 1 or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("sampler weights must be finite, non-negative and not all zero")
-        super().__init__(num_draws or len(self.weights), num_replicas, rank, seed)
-
-    def global_order(self, generator: torch.Generator) -> Tensor:
-        return torch.multinomial(self.weights, len(self.dataset), replacement=True,
-                                 generator=generator)
-
-
-class SubsetRandomShardSampler(EpochSeededSampler):
-    """A fixed subset of rows (chosen once from ``seed``), in a new order every epoch."""
-
-    def __init__(self, indices: Sequence[int] | Tensor, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0) -> None:
-        self.indices = torch.as_tensor(indices, dtype=torch.long)
-        super().__init__(len(self.indices), num_replicas, rank, seed)
-
-    def global_order(self, generator: torch.Generator) -> Tensor:
-        return self.indices[torch.randperm(len(self.indices), generator=generator)]
-
-
-def class_balanced_weights(targets: Sequence[int] | Tensor) -> Tensor:
-    """Per-row weight 1 / (rows of its class): every class is drawn equally often."""
-    targets = torch.as_tensor(targets, dtype=torch.long)
-    return 1.0 / torch.bincount(targets).double()[targets]

@@ -13,14 +13,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchvision.io import write_png
 
 from datamodules.image_csv import ImageCSVDataModule
-from datamodules.samplers import (
-    EpochSeededSampler,
-    RandomShardSampler,
+from datamodules.optional_samplers import (
     SequentialShardSampler,
     SubsetRandomShardSampler,
     WeightedShardSampler,
     class_balanced_weights,
 )
+from datamodules.samplers import EpochSeededSampler, RandomShardSampler
 from tests.conftest import REPO, run_train_subprocess
 
 SAMPLERS = ("sequential", "random", "weighted", "subset_random")
