@@ -230,7 +230,11 @@ class TableDataModule(LightningDataModule):
         """The checked table and its rows per split, read once."""
         if self._table is None:
             table = self.checked_table()
-            split_rows = self.split_rows(table)
+            split_rows = self.fixed_split_rows(table)
+            if self.folds is not None:  # validation: fold ``fold`` of the rows outside test
+                from datamodules.folds import fold_split
+
+                split_rows = fold_split(self, table, split_rows)
             if not len(split_rows["train"]):
                 where = (f"column {self.split_column!r} has no 'train' row" if self.split_column
                          else f"the split of {len(table)} rows left none")
@@ -341,18 +345,9 @@ class TableDataModule(LightningDataModule):
             table = without_bad_rows(self, table, problems)
         return table
 
-    def split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Row positions per split: from the split column, or a stratified seeded split; with
-        ``folds``, validation is fold ``fold`` of the rows outside the test split."""
-        fixed = self.fixed_split_rows(table)
-        if self.folds is None:
-            return fixed
-        from datamodules.folds import fold_split
-
-        return fold_split(self, table, fixed)
-
     def fixed_split_rows(self, table: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The train/val/test split without folds."""
+        """Row positions per split (without folds): from the split column, or a stratified
+        seeded split."""
         if self.split_column:
             column = table[self.split_column].astype(str).str.strip().str.lower()
             unknown = sorted(set(column) - set(SPLITS))
