@@ -529,34 +529,18 @@ def check_eval_normalises_like_training(owner: str, train: list[Any], evaluate: 
                                         ) -> None:
     """Refuse pipelines whose training side (``train``: per-image and per-batch transforms)
     and evaluation side (validation, test, predict) normalise differently: one would see
-    images on another scale, and its metrics or predictions would be quietly wrong. A side
-    without a ``Normalize`` that holds a step of the user's own (which may normalise in its
-    code) is not judged."""
-    options = {"training": "train_transforms / train_batch_transforms",
-               "evaluation": "eval_transforms / eval_batch_transforms"}
+    images on another scale, and its metrics or predictions would be quietly wrong."""
+    steps: dict[str, list[Any]] = {}
     found: dict[str, list[str]] = {}
-    readable: dict[str, bool] = {}
     for side, transforms in (("training", train), ("evaluation", evaluate)):
-        steps = [step for transform in transforms for step in flatten_transforms(transform)]
+        steps[side] = [step for transform in transforms for step in flatten_transforms(transform)]
         found[side] = [f"Normalize(mean={[float(m) for m in step.mean]}, "
-                       f"std={[float(v) for v in step.std]})" for step in steps
+                       f"std={[float(v) for v in step.std]})" for step in steps[side]
                        if isinstance(step, (v2.Normalize, transforms_v1.Normalize))]
-        readable[side] = all(type(step).__module__.startswith("torchvision.")
-                             or isinstance(step, (nn.Identity, v2.Normalize))
-                             for step in steps)
-    if found["training"] == found["evaluation"]:
-        return
-    for has, lacks in (("training", "evaluation"), ("evaluation", "training")):
-        if found[has] and not found[lacks]:
-            if not readable[lacks]:
-                return
-            raise DataError(
-                f"{owner}: the {has} transforms normalise ({', '.join(found[has])}) but the "
-                f"{lacks} ones do not, so {lacks} would see images on another scale; add the "
-                f"same Normalize to {options[lacks]}, or remove it from {options[has]}")
-    raise DataError(f"{owner}: training normalises with {', '.join(found['training'])} but "
-                    f"evaluation with {', '.join(found['evaluation'])}; give both the same "
-                    "mean and std")
+    if found["training"] != found["evaluation"]:
+        from datamodules.normalise_mismatch import refuse_normalise_mismatch
+
+        refuse_normalise_mismatch(owner, steps, found)
 
 
 def targets_tensor(targets: np.ndarray | None) -> Tensor | None:
