@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import transforms as transforms_v1
-from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.samplers import EpochSeededSampler, RandomShardSampler, SamplerName
@@ -468,9 +467,7 @@ class TableDataModule(LightningDataModule):
         if isinstance(batch, Tensor):  # predict batches (and task none) are the inputs alone
             return transform(batch)
         if self.task == "segmentation" and isinstance(batch, (tuple, list)) and len(batch) == 2:
-            # Geometric batch transforms must move the masks with the images.
-            images, masks = transform(batch[0], tv_tensors.Mask(batch[1]))
-            return images, masks.as_subclass(Tensor)
+            return self.task_targets.transform_batch(transform, *batch)
         if isinstance(batch, (tuple, list)):  # (inputs, targets, ...): the inputs only
             inputs, *rest = batch
             return (transform(inputs), *rest)

@@ -3,7 +3,7 @@
 are the targets, so there is nothing to encode from the table; the datamodule reads and checks
 the mask files (the functions below), and geometric transforms move image and mask together."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision import tv_tensors
 
 from datamodules.tasks import NoTargets
 from datamodules.validation import check_image_file
@@ -27,6 +28,12 @@ class Segmentation(NoTargets):
         if not class_names:
             raise DataError("task: segmentation needs class_names, the class of mask value 0, "
                             "1, ... (e.g. class_names: [background, cell])")
+
+    def transform_batch(self, transform: Callable, images: Tensor, masks: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+        """Geometric batch transforms must move the masks with the images."""
+        images, masks = transform(images, tv_tensors.Mask(masks))
+        return images, masks.as_subclass(Tensor)
 
 
 def load_mask(path: str | Path) -> Tensor:
