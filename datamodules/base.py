@@ -65,9 +65,7 @@ class ResumableLoader(StatefulDataLoader):
     run resumed from an epoch-end checkpoint starts a new epoch, yet Lightning restores the
     finished epoch's state, which may come from another number of workers or processes."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.accept_loaded_state = True
+    accept_loaded_state = True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.accept_loaded_state:
@@ -383,8 +381,7 @@ class TableDataModule(LightningDataModule):
         sampler.set_epoch(self._resume_epoch)  # before the state: see EpochSeededSampler
         loader = self._loader("train", sampler=sampler,
                               drop_last=self.last_batch_of_one_under_batchnorm(len(sampler)))
-        if isinstance(loader, ResumableLoader):
-            loader.accept_loaded_state = self._resume_inside
+        loader.accept_loaded_state = self._resume_inside
         if self._train_loader_state is not None and isinstance(loader, StatefulDataLoader):
             loader.load_state_dict(self._train_loader_state)
             self._train_loader_state = None
