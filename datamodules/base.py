@@ -490,22 +490,9 @@ class TableDataModule(LightningDataModule):
         self._class_names = list(saved or self._class_names or []) or None
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
         if fitting and "train_loader" in state_dict:
-            from datamodules.resume import check_resumable
+            from datamodules.resume import restore_resume_state
 
-            check_resumable(state_dict["training_data"], self.resume_settings(),
-                            mid_epoch=state_dict["inside_epoch"])
-            self._resume_inside = state_dict["inside_epoch"]
-            self._train_loader_state = state_dict["train_loader"] if self._resume_inside else None
-            self._resume_epoch = state_dict["resume_epoch"]
-
-    def resume_settings(self) -> dict[str, Any]:
-        """What this run's sequence of training batches depends on, worked out once (it hashes
-        the training split)."""
-        if self._resume_settings is None:
-            from datamodules.resume import training_data_settings
-
-            self._resume_settings = training_data_settings(self)
-        return self._resume_settings
+            restore_resume_state(self, state_dict)
 
 
 def flatten_transforms(transform: Any) -> Iterator[Any]:

@@ -30,10 +30,27 @@ from errors import DataError
 
 def resume_state(data: Any, loader: StatefulDataLoader) -> dict[str, Any]:
     """What ``data`` (a TableDataModule) saves in a checkpoint taken while fitting."""
-    state: dict[str, Any] = {"training_data": data.resume_settings(),
+    state: dict[str, Any] = {"training_data": resume_settings(data),
                              "train_loader": loader.state_dict()}
     state["inside_epoch"], state["resume_epoch"] = resume_point(data.trainer)
     return state
+
+
+def restore_resume_state(data: Any, state: dict[str, Any]) -> None:
+    """Check a fit's checkpoint against ``data`` (a TableDataModule) and keep what its training
+    loader resumes from."""
+    check_resumable(state["training_data"], resume_settings(data), mid_epoch=state["inside_epoch"])
+    data._resume_inside = state["inside_epoch"]
+    data._train_loader_state = state["train_loader"] if data._resume_inside else None
+    data._resume_epoch = state["resume_epoch"]
+
+
+def resume_settings(data: Any) -> dict[str, Any]:
+    """What this run's sequence of training batches depends on, worked out once (it hashes
+    the training split)."""
+    if data._resume_settings is None:
+        data._resume_settings = training_data_settings(data)
+    return data._resume_settings
 
 
 def resume_point(trainer: Trainer) -> tuple[bool, int]:
