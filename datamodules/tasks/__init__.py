@@ -1,12 +1,7 @@
 """What the rows are for: one class per task reads the table's target columns, says what is
-wrong with them, encodes them for the model and groups rows for a stratified split.
-
-The model gets an int64 class index (``multiclass``), a float32 multi-hot row (``multilabel``),
-float32 values in the table's units, (N,) or (N, K) (``regression``), an int64 (H, W) mask
-(``segmentation``) or nothing (``none``). Each task is the class of its own file here
-(``multiclass.py`` holds ``Multiclass``) and a run imports only its own; this file holds task
-``none``, their base.
-"""
+wrong with them, encodes them for the model (each task's file says in what form) and groups rows
+for a stratified split. Each task is the class of its own file (``multiclass.py`` holds
+``Multiclass``), imported by its task only; this file holds task ``none``, their base."""
 
 import importlib
 import typing
