@@ -50,7 +50,6 @@ MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "I;16": 1, "I": 1, "LA": 2, "RGB": 3, "
 # Threads pay off for large images only: 256x256 JPEGs decode 1.8x faster on 2 threads than on
 # one, 28x28 PNGs 2x slower on 8 (the per-file work holds the GIL).
 LARGE_IMAGE_PIXELS = 128 * 128
-TRANSFORM_CHUNK = 1024  # cached images per call of a deterministic transform
 # v2 transforms whose output depends on the input alone: they draw no seed, and run once per
 # cached image instead of every epoch. Anything else counts as random.
 DETERMINISTIC = (v2.ToDtype, v2.Normalize, v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale,
@@ -62,29 +61,6 @@ def is_deterministic(transform: Any) -> bool:
     if isinstance(transform, v2.Compose):
         return all(is_deterministic(step) for step in transform.transforms)
     return transform is None or isinstance(transform, DETERMINISTIC)
-
-
-def transformed_bytes(transform: Callable[..., Any], shapes: Counter[tuple[int, int, int]],
-                      probes: int = 64) -> int:
-    """Bytes of ``transform``'s output for ``shapes`` (uint8 image shape -> count), from the
-    output's shape and dtype on a "meta" tensor (no memory, ~0.7 ms each); of many sizes,
-    ``probes`` spread over their pixel counts, the others scaling like the probe closest in
-    pixels. A transform that fails there counts as float32 of the input's size."""
-    sizes = sorted(shapes, key=math.prod)
-    probed = sizes if len(sizes) <= probes else [
-        sizes[round(i * (len(sizes) - 1) / (probes - 1))] for i in range(probes)]
-    per_byte = {}
-    for shape in probed:
-        try:
-            out = transform(torch.empty(shape, dtype=torch.uint8, device="meta"))
-            per_byte[shape] = out.numel() * out.element_size() / math.prod(shape)
-        except Exception:  # an estimate only: the samples' check reports a real error
-            per_byte[shape] = 4.0
-    total = 0.0
-    for shape, count in shapes.items():
-        nearest = min(probed, key=lambda p: abs(math.prod(p) - math.prod(shape)))
-        total += count * per_byte[nearest] * math.prod(shape)
-    return round(total)
 
 
 def readable(size: float) -> str:
@@ -310,6 +286,8 @@ class ImageCSVDataModule(TableDataModule):
                       if t is not None and is_deterministic(t)}.values()  # often one object
         if not transforms or self.mask_column is not None:  # masks: transformed per sample
             return decoded
+        from datamodules.transformed_cache import transformed_bytes
+
         return decoded + max(transformed_bytes(t, shapes) for t in transforms)
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
@@ -354,21 +332,9 @@ class ImageCSVDataModule(TableDataModule):
         masks = self.mask_paths(table)
         if cache is not None and masks is None and transform is not None and is_deterministic(
                 transform):
-            # Deterministic per-image transforms run once, here, not every epoch (~0.2 s an
-            # epoch on 5,000 28x28 images with ToDtype + Normalize, benchmarks/user_folder.py),
-            # a stacked cache in chunks (v2 takes leading batch dimensions: ~50x faster).
-            if isinstance(cache, Tensor):
-                step = TRANSFORM_CHUNK  # each chunk into place: one copy in memory
-                first = transform(cache[:step])
-                out = torch.empty((len(cache), *first.shape[1:]), dtype=first.dtype)
-                out[:step] = first
-                for start in range(step, len(cache), step):
-                    out[start:start + step] = transform(cache[start:start + step])
-                cache = out
-                images: Sequence[Tensor] = list(cache)
-            else:
-                images = [transform(image) for image in cache]
-                cache = torch.stack(images) if len({i.shape for i in images}) == 1 else images
+            from datamodules.transformed_cache import transformed_cache
+
+            cache, images = transformed_cache(cache, transform)
             self._cache.update(zip(paths, images, strict=True))  # each image in one split
             transform = None
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache, masks=masks)
