@@ -245,13 +245,9 @@ def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path,
             first.setdefault(headers[path], index)
     probes = list(first.items())
     if len(probes) > MAX_STACK_PROBES:
-        extremes = set()
-        for mode in {h[2] for h, _ in probes}:
-            same = [p for p in probes if p[0][2] == mode]
-            for side in (0, 1):
-                extremes.add(min(same, key=lambda p: p[0][side]))
-                extremes.add(max(same, key=lambda p: p[0][side]))
-        probes = sorted(extremes, key=lambda p: p[1])
+        from datamodules.mixed_sizes import extremes
+
+        probes = extremes(probes)
     seen: dict[tuple, tuple[Header, int]] = {}
     with torch.random.fork_rng(devices=[]):  # a probe must not move the seeded random state
         for header, index in probes:
@@ -264,14 +260,7 @@ def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path,
             shapes = tuple(tuple(t.shape) for t in (item if isinstance(item, tuple) else (item,))
                            if isinstance(t, Tensor))
             seen.setdefault(shapes, (header, index))
-    if len(seen) < 2:
-        return
-    (shape_a, (header_a, a)), (shape_b, (header_b, b)) = list(seen.items())[:2]
-    if shape_a[0][1:] == shape_b[0][1:]:
-        fix = "set read_mode: RGB or GRAY (UNCHANGED keeps each file's own channels)"
-    else:
-        fix = f"give {transforms} a v2.Resize((H, W)) or a crop so every image has one size"
-    raise DataError(
-        f"{source}: images would not stack into a batch: {paths[a]} ({header_a[0]}x"
-        f"{header_a[1]} {header_a[2]}) becomes {list(shape_a[0])} but {paths[b]} "
-        f"({header_b[0]}x{header_b[1]} {header_b[2]}) becomes {list(shape_b[0])}; {fix}")
+    if len(seen) > 1:
+        from datamodules.mixed_sizes import refuse_unstackable
+
+        refuse_unstackable(seen, paths, source, transforms)
