@@ -5,9 +5,10 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from datamodules.bad_rows import first_problems
 from datamodules.base import read_table
 from datamodules.image_csv import ImageCSVDataModule, ImageCSVDataset
-from datamodules.validation import check_image_files, check_samples_stack, first_problems
+from datamodules.validation import check_image_files, check_samples_stack
 from errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")

@@ -19,20 +19,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from errors import DataError
 
-SHOWN_PROBLEMS = 10
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold
 PARALLEL_AFTER = 4096  # from this many files on, checked in forked processes (many_files.py)
 CHUNK = 1024  # files per task of those processes
 MAX_STACK_PROBES = 16
 Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
-
-
-def first_problems(messages: Sequence[str]) -> list[str]:
-    """The first SHOWN_PROBLEMS messages, indented, and how many more there are."""
-    lines = [f"  {m}" for m in messages[:SHOWN_PROBLEMS]]
-    if len(messages) > SHOWN_PROBLEMS:
-        lines.append(f"  ... and {len(messages) - SHOWN_PROBLEMS} more")
-    return lines
 
 
 @dataclass(frozen=True)
@@ -45,15 +36,10 @@ class DataValidationError(DataError):
     """Invalid rows: the first problems with their rows, and the count; one problem is one line."""
 
     def __init__(self, source: str, problems: Sequence[Problem], hint: str = "") -> None:
+        from datamodules.bad_rows import problems_message  # raised on bad input only
+
         self.problems = list(problems)
-        suffix = f" ({hint})" if hint else ""
-        if len(self.problems) == 1:
-            only = self.problems[0]
-            super().__init__(f"{source}: 1 invalid row: row {only.row}: {only.message}{suffix}")
-            return
-        lines = first_problems([f"row {p.row}: {p.message}" for p in self.problems])
-        super().__init__("\n".join(
-            [f"{source}: {len(self.problems)} invalid row(s){suffix}", *lines]))
+        super().__init__(problems_message(source, self.problems, hint))
 
 
 def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
