@@ -46,8 +46,7 @@ def load_copy(path: Path, count: int) -> Decoded | None:
         return None
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        stored = saved["images"]
-        images = iter(list(stored.unbind()) if isinstance(stored, Tensor) else stored)
+        images = iter(saved["images"])  # a stacked tensor iterates as views of its images
         failed = dict(saved["failed"])
         decoded: Decoded = [failed[i] if i in failed else next(images) for i in range(count)]
         return decoded if next(images, None) is None else None

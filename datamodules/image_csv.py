@@ -163,7 +163,6 @@ class ImageCSVDataModule(TableDataModule):
                                           "class_names"])
         self.annotations = Path(annotations)
         self.image_root = Path(image_root) if image_root is not None else self.annotations.parent
-        self.explicit_image_root = image_root is not None
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.predict_problems: list[tuple[Path, str]] = []  # (path, why) of skipped images
         self.path_column = path_column

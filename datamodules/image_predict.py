@@ -32,7 +32,7 @@ def predict_files(data: ImageCSVDataModule) -> tuple[list[Path], Path]:
         if data.path_column not in table.columns:
             raise DataError(f"{path}: missing column {data.path_column!r}; "
                             f"found {list(table.columns)}")
-        root = data.image_root if data.explicit_image_root else path.parent
+        root = data.image_root if data.hparams.image_root is not None else path.parent
         return [root / str(p) for p in table[data.path_column]], root
     raise DataError(f"predict_path {path} is neither a folder nor a table "
                     f"({', '.join(TABLE_SUFFIXES)})")

@@ -111,12 +111,10 @@ def check_image_files(
     turns, so the first checks and the others find its record. ``stamps`` gets each file's
     stamp, so later steps of the run (the decoded copy's name) need not stat it again."""
     headers = headers if headers is not None else {}
-    record = None
     with (one_process_at_a_time(CheckedFiles.location(root, max_pixels),
                                 f"checking the image files under {root}")
           if remember else contextlib.nullcontext()):
-        if remember:
-            record = CheckedFiles(root, max_pixels)
+        record = CheckedFiles(root, max_pixels) if remember else None
         todo: list[tuple[int, list[int] | None]] = []  # (index, stamp) of files to open
         for index, path in enumerate(paths):
             stamp = record.stamp(path) if record is not None else None
