@@ -19,7 +19,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
@@ -85,9 +84,9 @@ class ImageCSVDataset(Dataset):
         self.targets = targets_tensor(targets)
         self.masks = None if masks is None else [str(m) for m in masks]
         if masks is not None:  # segmentation: only its runs import the mask reader
-            from datamodules.tasks.segmentation import load_mask
+            from datamodules.mask_samples import mask_sample
 
-            self.load_mask = load_mask
+            self.mask_sample = mask_sample
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
         self.seeded = not is_deterministic(transform)
@@ -105,12 +104,7 @@ class ImageCSVDataset(Dataset):
         # count or lifetime (datamodules.samplers.SeededIndex).
         seed = getattr(index, "seed", None) if self.seeded else None
         if self.masks is not None:
-            # One call on both: v2 moves a tv_tensors.Mask with the image in geometric
-            # transforms (nearest interpolation) and leaves it out of colour and dtype steps.
-            mask = tv_tensors.Mask(self.load_mask(self.masks[index]))
-            if self.transform is not None:
-                image, mask = call_with_seed(self.transform, image, mask, seed=seed)
-            return image, mask.as_subclass(Tensor)
+            return self.mask_sample(self, index, image, seed)
         if self.transform is not None:
             image = call_with_seed(self.transform, image, seed=seed)
         return image if self.targets is None else (image, self.targets[index])
