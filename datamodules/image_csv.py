@@ -49,17 +49,6 @@ MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "I;16": 1, "I": 1, "LA": 2, "RGB": 3, "
 # Threads pay off for large images only: 256x256 JPEGs decode 1.8x faster on 2 threads than on
 # one, 28x28 PNGs 2x slower on 8 (the per-file work holds the GIL).
 LARGE_IMAGE_PIXELS = 128 * 128
-# v2 transforms whose output depends on the input alone: they draw no seed, and run once per
-# cached image instead of every epoch. Anything else counts as random.
-DETERMINISTIC = (v2.ToDtype, v2.Normalize, v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale,
-                 v2.ToImage, v2.ToPureTensor, v2.Identity, torch.nn.Identity)
-
-
-def is_deterministic(transform: Any) -> bool:
-    """True for None and for (nested) ``Compose`` pipelines of DETERMINISTIC steps only."""
-    if isinstance(transform, v2.Compose):
-        return all(is_deterministic(step) for step in transform.transforms)
-    return transform is None or isinstance(transform, DETERMINISTIC)
 
 
 def readable(size: float) -> str:
@@ -89,7 +78,11 @@ class ImageCSVDataset(Dataset):
             self.mask_sample = mask_sample
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
-        self.seeded = not is_deterministic(transform)
+        self.seeded = False  # without a transform nothing is random
+        if transform is not None:
+            from datamodules.deterministic_transforms import is_deterministic
+
+            self.seeded = not is_deterministic(transform)
         self.cache = cache
         # Nothing left to read or compute per sample: the loader needs no workers (base.py).
         self.ready_in_memory = cache is not None and transform is None and masks is None
@@ -275,13 +268,12 @@ class ImageCSVDataModule(TableDataModule):
                     (width, height), mode = image.size, image.mode
             shapes[CHANNELS.get(self.read_mode, MODE_CHANNELS.get(mode, 4)), height, width] += 1
         decoded = sum(count * math.prod(shape) for shape, count in shapes.items())
-        transforms = {id(t): t for t in (self.train_transforms, self.eval_transforms)
-                      if t is not None and is_deterministic(t)}.values()  # often one object
+        transforms = [t for t in (self.train_transforms, self.eval_transforms) if t is not None]
         if not transforms or self.mask_column is not None:  # masks: transformed per sample
             return decoded
-        from datamodules.transformed_cache import transformed_bytes
+        from datamodules.deterministic_transforms import transformed_bytes
 
-        return decoded + max(transformed_bytes(t, shapes) for t in transforms)
+        return decoded + transformed_bytes(transforms, shapes)
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         """Decode every image once, in this (main) process; workers share the tensors. With
@@ -323,13 +315,13 @@ class ImageCSVDataModule(TableDataModule):
         transform = self.train_transforms if split == "train" else self.eval_transforms
         cache = self.split_cache(paths) if self.cache_images else None
         masks = self.mask_paths(table)
-        if cache is not None and masks is None and transform is not None and is_deterministic(
-                transform):
-            from datamodules.transformed_cache import transformed_cache
+        if cache is not None and masks is None and transform is not None:
+            from datamodules.deterministic_transforms import is_deterministic, transformed_cache
 
-            cache, images = transformed_cache(cache, transform)
-            self._cache.update(zip(paths, images, strict=True))  # each image in one split
-            transform = None
+            if is_deterministic(transform):
+                cache, images = transformed_cache(cache, transform)
+                self._cache.update(zip(paths, images, strict=True))  # each image in one split
+                transform = None
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache, masks=masks)
 
     def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:
