@@ -19,12 +19,11 @@ from datamodules.validation import CheckedFiles, cache_folder
 Decoded = list[Tensor | str]  # per path: its image, or why it could not be decoded
 
 
-def copy_path(table: str, read_mode: str, paths: list[Path],
-              stamps: dict[Path, list[int]] | None = None) -> Path | None:
+def copy_path(table: str, read_mode: str, paths: list[Path], stamps: dict[Path, list[int]]
+              ) -> Path | None:
     """Where the decoded copy of ``paths`` is kept; None when a file cannot be stat'ed.
     ``stamps``: those the check of this run took (each file is stat'ed once a run)."""
     digest = hashlib.sha1()
-    stamps = stamps or {}
     for path in paths:
         stamp = stamps.get(path) or CheckedFiles.stamp(path)
         if stamp is None:
