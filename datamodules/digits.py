@@ -29,12 +29,11 @@ def write_digits(root: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         (staging / "images").mkdir()
-        rows = []
-        for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
-            name = f"images/{i:04d}.png"
+        names = [f"images/{i:04d}.png" for i in range(len(images))]
+        for name, image in zip(names, images, strict=True):
             write_png(image.unsqueeze(0), str(staging / name))
-            rows.append((name, int(label)))
-        pd.DataFrame(rows, columns=["path", "label"]).to_csv(staging / "labels.csv", index=False)
+        table = pd.DataFrame({"path": names, "label": digits.target})
+        table.to_csv(staging / "labels.csv", index=False)
         os.replace(staging, root)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
