@@ -236,10 +236,8 @@ class ImageCSVDataModule(TableDataModule):
         if self.cache_images == "auto":
             from datamodules.cache_budget import cache_decision
 
-            self.cache_images = cache_decision(self, good)
-            if not self.cache_images and self.validate_images == "full":
-                keep_good(rows, check_image_files(good, self.image_root, True, self.max_pixels,
-                                                  remember=self.remember_checks))
+            self.cache_images, undecodable = cache_decision(self, good, rows)
+            problems += undecodable
         elif self.cache_images:
             needed = self.cached_bytes(good)
             if needed > self.cache_max_gb * 1e9:
