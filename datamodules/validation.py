@@ -21,7 +21,6 @@ from errors import DataError
 
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold
 PARALLEL_AFTER = 4096  # from this many files on, checked in forked processes (many_files.py)
-CHUNK = 1024  # files per task of those processes
 MAX_STACK_PROBES = 16
 Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
 
@@ -131,7 +130,7 @@ def check_image_files(
         else:
             from datamodules.many_files import check_many
 
-            checked = check_many(unknown, root, decode, max_pixels, CHUNK)
+            checked = check_many(unknown, root, decode, max_pixels)
         results: list[str | None] = [None] * len(paths)
         for (index, stamp), (problem, header) in zip(todo, checked, strict=True):
             results[index] = problem
@@ -145,8 +144,7 @@ def check_image_files(
 
 
 def cache_folder() -> Path:
-    """Where the template remembers image files: ``$XDG_CACHE_HOME`` (else ``~/.cache``)
-    ``/lightning-template/``."""
+    """Where the template remembers image files (under ``$XDG_CACHE_HOME``, else ``~/.cache``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-template"
 
 

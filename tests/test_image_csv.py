@@ -411,11 +411,12 @@ def corrupt(root: Path) -> Path:
 def test_every_broken_row_is_reported_in_one_error_with_file_and_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
 ) -> None:
+    import datamodules.many_files as many_files
     import datamodules.validation as validation
 
     if workers == "worker processes":  # as a large folder is checked: forked, in chunks
         monkeypatch.setattr(validation, "PARALLEL_AFTER", 1)
-        monkeypatch.setattr(validation, "CHUNK", 4)
+        monkeypatch.setattr(many_files, "CHUNK", 4)
     table = corrupt(tmp_path)
     data = ImageCSVDataModule(table, image_root=tmp_path / "img", read_mode="GRAY",
                               num_workers=0)
