@@ -53,25 +53,25 @@ def load_copy(path: Path, count: int) -> Decoded | None:
         return None
 
 
-def save_copy(path: Path, decoded: Decoded) -> bool:
+def save_copy(path: Path, decoded: Decoded) -> int | None:
     """Write the copy atomically, if the disk has room for it twice over, and delete the older
-    copies of the same table; False, leaving no partial file, where it cannot be written."""
+    copies of the same table: its size, or None (no partial file left) where it cannot be."""
     failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, str)]
     size = sum(item.nbytes for item in decoded if isinstance(item, Tensor))
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(path.parent).free < 2 * size:
-            return False
+            return None
         torch.save({"images": stacked_in_place(decoded), "failed": failed}, partial)
         os.replace(partial, path)
     except (OSError, RuntimeError):
         partial.unlink(missing_ok=True)
-        return False
+        return None
     for older in path.parent.glob(f"{lock_of(path).name}-*"):
         if older != path:
             older.unlink(missing_ok=True)
-    return True
+    return size
 
 
 def stacked_in_place(decoded: Decoded) -> Tensor | list[Tensor]:

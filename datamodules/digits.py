@@ -63,9 +63,8 @@ class DigitsDataModule(ImageCSVDataModule):
         super().__init__(annotations=Path(root) / "labels.csv", read_mode=read_mode,
                          batch_size=batch_size, cache_images=cache_images,
                          num_workers=num_workers, **kwargs)
-        self.root = Path(root)
 
     def prepare_data(self) -> None:  # Lightning: one process per node, before any setup
-        if not (self.root / "labels.csv").is_file():
-            write_digits(self.root)
+        if not self.annotations.is_file():
+            write_digits(self.annotations.parent)
         super().prepare_data()

@@ -284,8 +284,7 @@ class ImageCSVDataModule(TableDataModule):
             decoded = load_copy(copy, len(paths)) if copy is not None else None
             if decoded is None:
                 decoded = self.decode(paths)
-                if copy is not None and save_copy(copy, decoded):
-                    size = sum(i.nbytes for i in decoded if isinstance(i, Tensor))
+                if copy is not None and (size := save_copy(copy, decoded)) is not None:
                     rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
                                    f"({readable(size)}) for the next run (remember_checks)")
         self._cache.update((p, i) for p, i in zip(paths, decoded, strict=True)
