@@ -6,6 +6,7 @@ where a per-image transform is set."""
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,11 +54,15 @@ def transformed_bytes(transforms: Sequence[Callable[..., Any]],
     return round(most)
 
 
-def transformed_cache(cache: Sequence[Tensor] | Tensor, transform: Callable[..., Any]
-                      ) -> tuple[Sequence[Tensor] | Tensor, Sequence[Tensor]]:
-    """``cache`` through ``transform`` (stacked if its images share a size) and its images. A
-    stacked cache goes in chunks (v2 takes leading batch dimensions: ~50x faster), each into
-    place: one copy in memory."""
+def transformed_cache(cache: Sequence[Tensor] | Tensor, transform: Callable[..., Any],
+                      paths: list[Path], images_by_path: dict[Path, Tensor]
+                      ) -> tuple[Sequence[Tensor] | Tensor, Callable[..., Any] | None]:
+    """A split's ``cache`` and ``transform``: a deterministic one run once on it (stacked if its
+    images share a size), each image of ``paths`` replaced in ``images_by_path``, and no
+    transform left; else both as they are. A stacked cache goes in chunks (v2 takes leading
+    batch dimensions: ~50x faster), each into place: one copy in memory."""
+    if not is_deterministic(transform):
+        return cache, transform
     if isinstance(cache, Tensor):
         step = TRANSFORM_CHUNK
         first = transform(cache[:step])
@@ -65,6 +70,9 @@ def transformed_cache(cache: Sequence[Tensor] | Tensor, transform: Callable[...,
         out[:step] = first
         for start in range(step, len(cache), step):
             out[start:start + step] = transform(cache[start:start + step])
-        return out, list(out)
-    images = [transform(image) for image in cache]
-    return (torch.stack(images) if len({i.shape for i in images}) == 1 else images), images
+        images: Sequence[Tensor] = list(out)
+    else:
+        images = [transform(image) for image in cache]
+        out = torch.stack(images) if len({i.shape for i in images}) == 1 else images
+    images_by_path.update(zip(paths, images, strict=True))  # each image is in one split
+    return out, None

@@ -313,12 +313,9 @@ class ImageCSVDataModule(TableDataModule):
         cache = self.split_cache(paths) if self.cache_images else None
         masks = self.mask_paths(table)
         if cache is not None and masks is None and transform is not None:
-            from datamodules.deterministic_transforms import is_deterministic, transformed_cache
+            from datamodules.deterministic_transforms import transformed_cache
 
-            if is_deterministic(transform):
-                cache, images = transformed_cache(cache, transform)
-                self._cache.update(zip(paths, images, strict=True))  # each image in one split
-                transform = None
+            cache, transform = transformed_cache(cache, transform, paths, self._cache)
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache, masks=masks)
 
     def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:
