@@ -14,8 +14,6 @@ from torchvision.io import write_png
 
 from datamodules.image_csv import ImageCSVDataModule, ReadMode
 
-DIGIT_CLASSES = [str(digit) for digit in range(10)]
-
 
 def write_digits(root: Path) -> None:
     """Write the 1,797 digits as ``images/<i>.png`` and ``labels.csv`` under ``root``, into a
@@ -59,7 +57,7 @@ class DigitsDataModule(ImageCSVDataModule):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("class_names") is None:
-            kwargs["class_names"] = DIGIT_CLASSES
+            kwargs["class_names"] = [str(digit) for digit in range(10)]
         super().__init__(annotations=Path(root) / "labels.csv", read_mode=read_mode,
                          batch_size=batch_size, cache_images=cache_images,
                          num_workers=num_workers, **kwargs)
