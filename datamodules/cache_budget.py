@@ -28,6 +28,6 @@ def cache_decision(data: ImageCSVDataModule, paths: list[Path], rows: list[int]
                    + ("" if cache else "; set cache_images: true to force it"))
     if cache or data.validate_images != "full":
         return cache, []
-    issues = check_image_files(paths, data.image_root, True, data.max_pixels,
-                               remember=data.remember_checks)
+    issues = check_image_files(paths, data.image_root, True, data.max_pixels, data._headers,
+                               data.remember_checks)
     return cache, [Problem(row, msg) for row, msg in zip(rows, issues, strict=True) if msg]

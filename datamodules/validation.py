@@ -99,17 +99,16 @@ def check_chunk(chunk: list[Path], root: Path, decode: bool, max_pixels: int
 
 
 def check_image_files(
-    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
-    headers: dict[Path, Header] | None = None, remember: bool = False,
-    stamps: dict[Path, list[int]] | None = None,
+    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int, headers: dict[Path, Header],
+    remember: bool = False, stamps: dict[Path, list[int]] | None = None,
 ) -> list[str | None]:
-    """:func:`check_image_file` for many files; one result per path, in order.
+    """:func:`check_image_file` for many files (each header into ``headers``); one result per
+    path, in order.
 
     ``remember``: files a :class:`CheckedFiles` record says passed, unchanged, are not opened;
     those that pass now are recorded. The ranks of a node (torchrun starts them together) take
     turns, so the first checks and the others find its record. ``stamps`` gets each file's
     stamp, so later steps of the run (the decoded copy's name) need not stat it again."""
-    headers = headers if headers is not None else {}
     with (one_process_at_a_time(CheckedFiles.location(root, max_pixels),
                                 f"checking the image files under {root}")
           if remember else contextlib.nullcontext()):
