@@ -1,8 +1,9 @@
-"""Rows a table datamodule cannot train on as they are: invalid rows (refused in one error, or
-dropped with ``skip_invalid``) and rows listing an input an earlier row lists. Imported only
-when a table has such rows."""
+"""Rows a table datamodule cannot train on as they are: invalid rows (refused in one error, whose
+message is written here, or dropped with ``skip_invalid``) and rows listing an input an earlier
+row lists. Imported only when a table has such rows."""
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -10,6 +11,25 @@ import pandas as pd
 from datamodules.validation import DataValidationError, Problem
 
 log = logging.getLogger(__name__)
+SHOWN_PROBLEMS = 10
+
+
+def first_problems(messages: Sequence[str]) -> list[str]:
+    """The first SHOWN_PROBLEMS messages, indented, and how many more there are."""
+    lines = [f"  {m}" for m in messages[:SHOWN_PROBLEMS]]
+    if len(messages) > SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(messages) - SHOWN_PROBLEMS} more")
+    return lines
+
+
+def problems_message(source: str, problems: list[Problem], hint: str) -> str:
+    """:class:`DataValidationError`'s message: one line for one problem, else the first problems
+    with their rows, and the count."""
+    suffix = f" ({hint})" if hint else ""
+    if len(problems) == 1:
+        return f"{source}: 1 invalid row: row {problems[0].row}: {problems[0].message}{suffix}"
+    lines = first_problems([f"row {p.row}: {p.message}" for p in problems])
+    return "\n".join([f"{source}: {len(problems)} invalid row(s){suffix}", *lines])
 
 
 def without_bad_rows(data: Any, table: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:

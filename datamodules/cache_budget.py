@@ -1,5 +1,6 @@
 """``cache_images: auto``: cache the decoded images where they fit the smaller of
-``cache_max_gb`` and a quarter of this machine's memory per process on it; said in one line."""
+``cache_max_gb`` and a quarter of this machine's memory per process on it; said in one line.
+Not caching, ``validate_images: full`` decodes each file here (the cache would have)."""
 
 import contextlib
 import os
@@ -8,10 +9,12 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.image_csv import ImageCSVDataModule, readable
+from datamodules.validation import Problem, check_image_files
 
 
-def cache_decision(data: ImageCSVDataModule, paths: list[Path]) -> bool:
-    """Whether to cache ``paths``."""
+def cache_decision(data: ImageCSVDataModule, paths: list[Path], rows: list[int]
+                   ) -> tuple[bool, list[Problem]]:
+    """Whether to cache ``paths`` (of table ``rows``), and the files that do not decode."""
     needed, budget = data.cached_bytes(paths), data.cache_max_gb * 1e9
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     with contextlib.suppress(ValueError, OSError, AttributeError):  # no sysconf: Windows
@@ -23,4 +26,8 @@ def cache_decision(data: ImageCSVDataModule, paths: list[Path]) -> bool:
                    f"({readable(needed)} in memory, {'within' if cache else 'over'} the "
                    f"{readable(budget)} budget)"
                    + ("" if cache else "; set cache_images: true to force it"))
-    return cache
+    if cache or data.validate_images != "full":
+        return cache, []
+    issues = check_image_files(paths, data.image_root, True, data.max_pixels, data._headers,
+                               data.remember_checks)
+    return cache, [Problem(row, msg) for row, msg in zip(rows, issues, strict=True) if msg]

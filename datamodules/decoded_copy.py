@@ -19,12 +19,11 @@ from datamodules.validation import CheckedFiles, cache_folder
 Decoded = list[Tensor | str]  # per path: its image, or why it could not be decoded
 
 
-def copy_path(table: str, read_mode: str, paths: list[Path],
-              stamps: dict[Path, list[int]] | None = None) -> Path | None:
+def copy_path(table: str, read_mode: str, paths: list[Path], stamps: dict[Path, list[int]]
+              ) -> Path | None:
     """Where the decoded copy of ``paths`` is kept; None when a file cannot be stat'ed.
     ``stamps``: those the check of this run took (each file is stat'ed once a run)."""
     digest = hashlib.sha1()
-    stamps = stamps or {}
     for path in paths:
         stamp = stamps.get(path) or CheckedFiles.stamp(path)
         if stamp is None:
@@ -46,8 +45,7 @@ def load_copy(path: Path, count: int) -> Decoded | None:
         return None
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        stored = saved["images"]
-        images = iter(list(stored.unbind()) if isinstance(stored, Tensor) else stored)
+        images = iter(saved["images"])  # a stacked tensor iterates as views of its images
         failed = dict(saved["failed"])
         decoded: Decoded = [failed[i] if i in failed else next(images) for i in range(count)]
         return decoded if next(images, None) is None else None
@@ -55,25 +53,25 @@ def load_copy(path: Path, count: int) -> Decoded | None:
         return None
 
 
-def save_copy(path: Path, decoded: Decoded) -> bool:
+def save_copy(path: Path, decoded: Decoded) -> int | None:
     """Write the copy atomically, if the disk has room for it twice over, and delete the older
-    copies of the same table; False, leaving no partial file, where it cannot be written."""
+    copies of the same table: its size, or None (no partial file left) where it cannot be."""
     failed = [(i, item) for i, item in enumerate(decoded) if isinstance(item, str)]
     size = sum(item.nbytes for item in decoded if isinstance(item, Tensor))
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if shutil.disk_usage(path.parent).free < 2 * size:
-            return False
+            return None
         torch.save({"images": stacked_in_place(decoded), "failed": failed}, partial)
         os.replace(partial, path)
     except (OSError, RuntimeError):
         partial.unlink(missing_ok=True)
-        return False
+        return None
     for older in path.parent.glob(f"{lock_of(path).name}-*"):
         if older != path:
             older.unlink(missing_ok=True)
-    return True
+    return size
 
 
 def stacked_in_place(decoded: Decoded) -> Tensor | list[Tensor]:

@@ -14,8 +14,6 @@ from torchvision.io import write_png
 
 from datamodules.image_csv import ImageCSVDataModule, ReadMode
 
-DIGIT_CLASSES = [str(digit) for digit in range(10)]
-
 
 def write_digits(root: Path) -> None:
     """Write the 1,797 digits as ``images/<i>.png`` and ``labels.csv`` under ``root``, into a
@@ -29,12 +27,11 @@ def write_digits(root: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         (staging / "images").mkdir()
-        rows = []
-        for i, (image, label) in enumerate(zip(images, digits.target, strict=True)):
-            name = f"images/{i:04d}.png"
+        names = [f"images/{i:04d}.png" for i in range(len(images))]
+        for name, image in zip(names, images, strict=True):
             write_png(image.unsqueeze(0), str(staging / name))
-            rows.append((name, int(label)))
-        pd.DataFrame(rows, columns=["path", "label"]).to_csv(staging / "labels.csv", index=False)
+        table = pd.DataFrame({"path": names, "label": digits.target})
+        table.to_csv(staging / "labels.csv", index=False)
         os.replace(staging, root)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
@@ -60,13 +57,12 @@ class DigitsDataModule(ImageCSVDataModule):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("class_names") is None:
-            kwargs["class_names"] = DIGIT_CLASSES
+            kwargs["class_names"] = [str(digit) for digit in range(10)]
         super().__init__(annotations=Path(root) / "labels.csv", read_mode=read_mode,
                          batch_size=batch_size, cache_images=cache_images,
                          num_workers=num_workers, **kwargs)
-        self.root = Path(root)
 
     def prepare_data(self) -> None:  # Lightning: one process per node, before any setup
-        if not (self.root / "labels.csv").is_file():
-            write_digits(self.root)
+        if not self.annotations.is_file():
+            write_digits(self.annotations.parent)
         super().prepare_data()

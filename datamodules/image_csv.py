@@ -19,7 +19,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
@@ -50,41 +49,6 @@ MODE_CHANNELS = {"1": 1, "L": 1, "P": 3, "I;16": 1, "I": 1, "LA": 2, "RGB": 3, "
 # Threads pay off for large images only: 256x256 JPEGs decode 1.8x faster on 2 threads than on
 # one, 28x28 PNGs 2x slower on 8 (the per-file work holds the GIL).
 LARGE_IMAGE_PIXELS = 128 * 128
-TRANSFORM_CHUNK = 1024  # cached images per call of a deterministic transform
-# v2 transforms whose output depends on the input alone: they draw no seed, and run once per
-# cached image instead of every epoch. Anything else counts as random.
-DETERMINISTIC = (v2.ToDtype, v2.Normalize, v2.Resize, v2.CenterCrop, v2.Pad, v2.Grayscale,
-                 v2.ToImage, v2.ToPureTensor, v2.Identity, torch.nn.Identity)
-
-
-def is_deterministic(transform: Any) -> bool:
-    """True for None and for (nested) ``Compose`` pipelines of DETERMINISTIC steps only."""
-    if isinstance(transform, v2.Compose):
-        return all(is_deterministic(step) for step in transform.transforms)
-    return transform is None or isinstance(transform, DETERMINISTIC)
-
-
-def transformed_bytes(transform: Callable[..., Any], shapes: Counter[tuple[int, int, int]],
-                      probes: int = 64) -> int:
-    """Bytes of ``transform``'s output for ``shapes`` (uint8 image shape -> count), from the
-    output's shape and dtype on a "meta" tensor (no memory, ~0.7 ms each); of many sizes,
-    ``probes`` spread over their pixel counts, the others scaling like the probe closest in
-    pixels. A transform that fails there counts as float32 of the input's size."""
-    sizes = sorted(shapes, key=math.prod)
-    probed = sizes if len(sizes) <= probes else [
-        sizes[round(i * (len(sizes) - 1) / (probes - 1))] for i in range(probes)]
-    per_byte = {}
-    for shape in probed:
-        try:
-            out = transform(torch.empty(shape, dtype=torch.uint8, device="meta"))
-            per_byte[shape] = out.numel() * out.element_size() / math.prod(shape)
-        except Exception:  # an estimate only: the samples' check reports a real error
-            per_byte[shape] = 4.0
-    total = 0.0
-    for shape, count in shapes.items():
-        nearest = min(probed, key=lambda p: abs(math.prod(p) - math.prod(shape)))
-        total += count * per_byte[nearest] * math.prod(shape)
-    return round(total)
 
 
 def readable(size: float) -> str:
@@ -109,12 +73,16 @@ class ImageCSVDataset(Dataset):
         self.targets = targets_tensor(targets)
         self.masks = None if masks is None else [str(m) for m in masks]
         if masks is not None:  # segmentation: only its runs import the mask reader
-            from datamodules.tasks.segmentation import load_mask
+            from datamodules.mask_samples import mask_sample
 
-            self.load_mask = load_mask
+            self.mask_sample = mask_sample
         self.mode = ImageReadMode[read_mode]
         self.transform = transform
-        self.seeded = not is_deterministic(transform)
+        self.seeded = False  # without a transform nothing is random
+        if transform is not None:
+            from datamodules.deterministic_transforms import is_deterministic
+
+            self.seeded = not is_deterministic(transform)
         self.cache = cache
         # Nothing left to read or compute per sample: the loader needs no workers (base.py).
         self.ready_in_memory = cache is not None and transform is None and masks is None
@@ -129,12 +97,7 @@ class ImageCSVDataset(Dataset):
         # count or lifetime (datamodules.samplers.SeededIndex).
         seed = getattr(index, "seed", None) if self.seeded else None
         if self.masks is not None:
-            # One call on both: v2 moves a tv_tensors.Mask with the image in geometric
-            # transforms (nearest interpolation) and leaves it out of colour and dtype steps.
-            mask = tv_tensors.Mask(self.load_mask(self.masks[index]))
-            if self.transform is not None:
-                image, mask = call_with_seed(self.transform, image, mask, seed=seed)
-            return image, mask.as_subclass(Tensor)
+            return self.mask_sample(self, index, image, seed)
         if self.transform is not None:
             image = call_with_seed(self.transform, image, seed=seed)
         return image if self.targets is None else (image, self.targets[index])
@@ -187,7 +150,6 @@ class ImageCSVDataModule(TableDataModule):
                                           "class_names"])
         self.annotations = Path(annotations)
         self.image_root = Path(image_root) if image_root is not None else self.annotations.parent
-        self.explicit_image_root = image_root is not None
         self.predict_path = Path(predict_path) if predict_path is not None else None
         self.predict_problems: list[tuple[Path, str]] = []  # (path, why) of skipped images
         self.path_column = path_column
@@ -274,10 +236,8 @@ class ImageCSVDataModule(TableDataModule):
         if self.cache_images == "auto":
             from datamodules.cache_budget import cache_decision
 
-            self.cache_images = cache_decision(self, good)
-            if not self.cache_images and self.validate_images == "full":
-                keep_good(rows, check_image_files(good, self.image_root, True, self.max_pixels,
-                                                  remember=self.remember_checks))
+            self.cache_images, undecodable = cache_decision(self, good, rows)
+            problems += undecodable
         elif self.cache_images:
             needed = self.cached_bytes(good)
             if needed > self.cache_max_gb * 1e9:
@@ -306,11 +266,12 @@ class ImageCSVDataModule(TableDataModule):
                     (width, height), mode = image.size, image.mode
             shapes[CHANNELS.get(self.read_mode, MODE_CHANNELS.get(mode, 4)), height, width] += 1
         decoded = sum(count * math.prod(shape) for shape, count in shapes.items())
-        transforms = {id(t): t for t in (self.train_transforms, self.eval_transforms)
-                      if t is not None and is_deterministic(t)}.values()  # often one object
+        transforms = [t for t in (self.train_transforms, self.eval_transforms) if t is not None]
         if not transforms or self.mask_column is not None:  # masks: transformed per sample
             return decoded
-        return decoded + max(transformed_bytes(t, shapes) for t in transforms)
+        from datamodules.deterministic_transforms import transformed_bytes
+
+        return decoded + transformed_bytes(transforms, shapes)
 
     def fill_cache(self, paths: list[Path], rows: list[int]) -> list[Problem]:
         """Decode every image once, in this (main) process; workers share the tensors. With
@@ -323,8 +284,7 @@ class ImageCSVDataModule(TableDataModule):
             decoded = load_copy(copy, len(paths)) if copy is not None else None
             if decoded is None:
                 decoded = self.decode(paths)
-                if copy is not None and save_copy(copy, decoded):
-                    size = sum(i.nbytes for i in decoded if isinstance(i, Tensor))
+                if copy is not None and (size := save_copy(copy, decoded)) is not None:
                     rank_zero_info(f"{self.source}: kept the decoded images in {copy} "
                                    f"({readable(size)}) for the next run (remember_checks)")
         self._cache.update((p, i) for p, i in zip(paths, decoded, strict=True)
@@ -352,25 +312,10 @@ class ImageCSVDataModule(TableDataModule):
         transform = self.train_transforms if split == "train" else self.eval_transforms
         cache = self.split_cache(paths) if self.cache_images else None
         masks = self.mask_paths(table)
-        if cache is not None and masks is None and transform is not None and is_deterministic(
-                transform):
-            # Deterministic per-image transforms run once, here, not every epoch (~0.2 s an
-            # epoch on 5,000 28x28 images with ToDtype + Normalize, benchmarks/user_folder.py),
-            # a stacked cache in chunks (v2 takes leading batch dimensions: ~50x faster).
-            if isinstance(cache, Tensor):
-                step = TRANSFORM_CHUNK  # each chunk into place: one copy in memory
-                first = transform(cache[:step])
-                out = torch.empty((len(cache), *first.shape[1:]), dtype=first.dtype)
-                out[:step] = first
-                for start in range(step, len(cache), step):
-                    out[start:start + step] = transform(cache[start:start + step])
-                cache = out
-                images: Sequence[Tensor] = list(cache)
-            else:
-                images = [transform(image) for image in cache]
-                cache = torch.stack(images) if len({i.shape for i in images}) == 1 else images
-            self._cache.update(zip(paths, images, strict=True))  # each image in one split
-            transform = None
+        if cache is not None and masks is None and transform is not None:
+            from datamodules.deterministic_transforms import transformed_cache
+
+            cache, transform = transformed_cache(cache, transform, paths, self._cache)
         return ImageCSVDataset(paths, targets, self.read_mode, transform, cache, masks=masks)
 
     def split_cache(self, paths: list[Path]) -> list[Tensor] | Tensor:

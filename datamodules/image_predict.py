@@ -5,9 +5,10 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_warn
 
+from datamodules.bad_rows import first_problems
 from datamodules.base import read_table
 from datamodules.image_csv import ImageCSVDataModule, ImageCSVDataset
-from datamodules.validation import check_image_files, check_samples_stack, first_problems
+from datamodules.validation import check_image_files, check_samples_stack
 from errors import DataError
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".json")
@@ -31,7 +32,7 @@ def predict_files(data: ImageCSVDataModule) -> tuple[list[Path], Path]:
         if data.path_column not in table.columns:
             raise DataError(f"{path}: missing column {data.path_column!r}; "
                             f"found {list(table.columns)}")
-        root = data.image_root if data.explicit_image_root else path.parent
+        root = data.image_root if data.hparams.image_root is not None else path.parent
         return [root / str(p) for p in table[data.path_column]], root
     raise DataError(f"predict_path {path} is neither a folder nor a table "
                     f"({', '.join(TABLE_SUFFIXES)})")

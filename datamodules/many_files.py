@@ -15,14 +15,15 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules import validation
 
+CHUNK = 1024  # files per task of a worker process
 PROGRESS_AFTER = 20_000
 PROGRESS_EVERY = 10.0
 
 
-def check_many(paths: list[Path], root: Path, decode: bool, max_pixels: int, chunk: int
+def check_many(paths: list[Path], root: Path, decode: bool, max_pixels: int
                ) -> list[tuple[str | None, validation.Header | None]]:
-    """:func:`validation.check_chunk` over ``paths`` in chunks of ``chunk`` files, in order."""
-    chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
+    """:func:`validation.check_chunk` over ``paths`` in chunks of CHUNK files, in order."""
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
     check = functools.partial(validation.check_chunk, root=root, decode=decode,
                               max_pixels=max_pixels)
     workers = min(8, os.cpu_count() or 1)

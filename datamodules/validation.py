@@ -19,20 +19,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from errors import DataError
 
-SHOWN_PROBLEMS = 10
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold
 PARALLEL_AFTER = 4096  # from this many files on, checked in forked processes (many_files.py)
-CHUNK = 1024  # files per task of those processes
 MAX_STACK_PROBES = 16
 Header = tuple[int, int, str]  # width, height and PIL mode, as the file's header states them
-
-
-def first_problems(messages: Sequence[str]) -> list[str]:
-    """The first SHOWN_PROBLEMS messages, indented, and how many more there are."""
-    lines = [f"  {m}" for m in messages[:SHOWN_PROBLEMS]]
-    if len(messages) > SHOWN_PROBLEMS:
-        lines.append(f"  ... and {len(messages) - SHOWN_PROBLEMS} more")
-    return lines
 
 
 @dataclass(frozen=True)
@@ -45,15 +35,10 @@ class DataValidationError(DataError):
     """Invalid rows: the first problems with their rows, and the count; one problem is one line."""
 
     def __init__(self, source: str, problems: Sequence[Problem], hint: str = "") -> None:
+        from datamodules.bad_rows import problems_message  # raised on bad input only
+
         self.problems = list(problems)
-        suffix = f" ({hint})" if hint else ""
-        if len(self.problems) == 1:
-            only = self.problems[0]
-            super().__init__(f"{source}: 1 invalid row: row {only.row}: {only.message}{suffix}")
-            return
-        lines = first_problems([f"row {p.row}: {p.message}" for p in self.problems])
-        super().__init__("\n".join(
-            [f"{source}: {len(self.problems)} invalid row(s){suffix}", *lines]))
+        super().__init__(problems_message(source, self.problems, hint))
 
 
 def load_image(path: str | Path, mode: ImageReadMode) -> Tensor:
@@ -114,23 +99,20 @@ def check_chunk(chunk: list[Path], root: Path, decode: bool, max_pixels: int
 
 
 def check_image_files(
-    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int = DEFAULT_MAX_PIXELS,
-    headers: dict[Path, Header] | None = None, remember: bool = False,
-    stamps: dict[Path, list[int]] | None = None,
+    paths: Sequence[Path], root: Path, decode: bool, max_pixels: int, headers: dict[Path, Header],
+    remember: bool = False, stamps: dict[Path, list[int]] | None = None,
 ) -> list[str | None]:
-    """:func:`check_image_file` for many files; one result per path, in order.
+    """:func:`check_image_file` for many files (each header into ``headers``); one result per
+    path, in order.
 
     ``remember``: files a :class:`CheckedFiles` record says passed, unchanged, are not opened;
     those that pass now are recorded. The ranks of a node (torchrun starts them together) take
     turns, so the first checks and the others find its record. ``stamps`` gets each file's
     stamp, so later steps of the run (the decoded copy's name) need not stat it again."""
-    headers = headers if headers is not None else {}
-    record = None
     with (one_process_at_a_time(CheckedFiles.location(root, max_pixels),
                                 f"checking the image files under {root}")
           if remember else contextlib.nullcontext()):
-        if remember:
-            record = CheckedFiles(root, max_pixels)
+        record = CheckedFiles(root, max_pixels) if remember else None
         todo: list[tuple[int, list[int] | None]] = []  # (index, stamp) of files to open
         for index, path in enumerate(paths):
             stamp = record.stamp(path) if record is not None else None
@@ -147,7 +129,7 @@ def check_image_files(
         else:
             from datamodules.many_files import check_many
 
-            checked = check_many(unknown, root, decode, max_pixels, CHUNK)
+            checked = check_many(unknown, root, decode, max_pixels)
         results: list[str | None] = [None] * len(paths)
         for (index, stamp), (problem, header) in zip(todo, checked, strict=True):
             results[index] = problem
@@ -161,8 +143,7 @@ def check_image_files(
 
 
 def cache_folder() -> Path:
-    """Where the template remembers image files: ``$XDG_CACHE_HOME`` (else ``~/.cache``)
-    ``/lightning-template/``."""
+    """Where the template remembers image files (under ``$XDG_CACHE_HOME``, else ``~/.cache``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lightning-template"
 
 
@@ -245,13 +226,9 @@ def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path,
             first.setdefault(headers[path], index)
     probes = list(first.items())
     if len(probes) > MAX_STACK_PROBES:
-        extremes = set()
-        for mode in {h[2] for h, _ in probes}:
-            same = [p for p in probes if p[0][2] == mode]
-            for side in (0, 1):
-                extremes.add(min(same, key=lambda p: p[0][side]))
-                extremes.add(max(same, key=lambda p: p[0][side]))
-        probes = sorted(extremes, key=lambda p: p[1])
+        from datamodules.mixed_sizes import extremes
+
+        probes = extremes(probes)
     seen: dict[tuple, tuple[Header, int]] = {}
     with torch.random.fork_rng(devices=[]):  # a probe must not move the seeded random state
         for header, index in probes:
@@ -264,14 +241,7 @@ def check_samples_stack(dataset: Any, paths: Sequence[Path], headers: dict[Path,
             shapes = tuple(tuple(t.shape) for t in (item if isinstance(item, tuple) else (item,))
                            if isinstance(t, Tensor))
             seen.setdefault(shapes, (header, index))
-    if len(seen) < 2:
-        return
-    (shape_a, (header_a, a)), (shape_b, (header_b, b)) = list(seen.items())[:2]
-    if shape_a[0][1:] == shape_b[0][1:]:
-        fix = "set read_mode: RGB or GRAY (UNCHANGED keeps each file's own channels)"
-    else:
-        fix = f"give {transforms} a v2.Resize((H, W)) or a crop so every image has one size"
-    raise DataError(
-        f"{source}: images would not stack into a batch: {paths[a]} ({header_a[0]}x"
-        f"{header_a[1]} {header_a[2]}) becomes {list(shape_a[0])} but {paths[b]} "
-        f"({header_b[0]}x{header_b[1]} {header_b[2]}) becomes {list(shape_b[0])}; {fix}")
+    if len(seen) > 1:
+        from datamodules.mixed_sizes import refuse_unstackable
+
+        refuse_unstackable(seen, paths, source, transforms)

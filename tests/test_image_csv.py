@@ -13,6 +13,7 @@ from torch import Tensor
 from torchvision.io import write_jpeg, write_png
 from torchvision.transforms import v2
 
+import datamodules.deterministic_transforms as deterministic
 import datamodules.image_csv as image_csv
 from datamodules.base import default_num_workers
 from datamodules.image_csv import ImageCSVDataModule
@@ -331,7 +332,7 @@ def test_deterministic_transforms_run_once_per_cached_image_not_every_epoch(
 def test_a_cache_transformed_in_chunks_holds_each_images_own_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(image_csv, "TRANSFORM_CHUNK", 8)  # 29 training images: 4 chunks
+    monkeypatch.setattr(deterministic, "TRANSFORM_CHUNK", 8)  # 29 training images: 4 chunks
     table = make_images(tmp_path, 40, ["a", "b"])  # image i holds the value i
     pipeline = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.2])])
     data = ImageCSVDataModule(table, read_mode="GRAY", num_workers=0, train_transforms=pipeline,
@@ -410,11 +411,12 @@ def corrupt(root: Path) -> Path:
 def test_every_broken_row_is_reported_in_one_error_with_file_and_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
 ) -> None:
+    import datamodules.many_files as many_files
     import datamodules.validation as validation
 
     if workers == "worker processes":  # as a large folder is checked: forked, in chunks
         monkeypatch.setattr(validation, "PARALLEL_AFTER", 1)
-        monkeypatch.setattr(validation, "CHUNK", 4)
+        monkeypatch.setattr(many_files, "CHUNK", 4)
     table = corrupt(tmp_path)
     data = ImageCSVDataModule(table, image_root=tmp_path / "img", read_mode="GRAY",
                               num_workers=0)
