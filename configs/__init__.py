@@ -122,7 +122,7 @@ def loaded_class(class_path: str) -> type | None:
     return found if inspect.isclass(found) else None
 
 
-def instance_hints(cls: type | None) -> dict[str, tuple[str, str]]:
+def instance_hints(cls: type | None) -> dict[str, tuple[Any, str]]:
     """``{parameter: (its hint, the callable type to use)}`` for the parameters of ``cls.__init__``
     whose hints (also inside ``X | None``) ask for an optimizer or LR schedule object, or name
     ``torch.optim`` modules. No config gives such objects (an optimizer needs the parameters, a
@@ -139,9 +139,7 @@ def instance_hints(cls: type | None) -> dict[str, tuple[str, str]]:
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         for member in typing.get_args(hint) if union else (hint,):
             if suggestion := _callable_for(member):
-                from configs.messages import public_name
-
-                found[name] = (public_name(member), suggestion)
+                found[name] = (member, suggestion)
                 break
     return found
 
