@@ -1,8 +1,7 @@
-"""The default LightningModule: a classifier around any ``nn.Module`` backbone, for ``multiclass``
+"""The default LightningModule: a classifier around any ``nn.Module`` backbone for ``multiclass``
 (one class per input: softmax, cross-entropy) and ``multilabel`` (any labels per input: one
-sigmoid and binary cross-entropy per label) data. ``build_backbone``, ``check_task`` and
-``forget_weights_path`` at the bottom are shared with ``models.regressor`` and
-``models.segmenter``."""
+sigmoid and binary cross-entropy per label) data. The functions at the bottom serve
+``models.regressor`` and ``models.segmenter`` too."""
 
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -43,8 +42,7 @@ class ImageClassifier(LightningModule):
         class_names: the classes' names, for per-class metrics and predictions.
         in_features: a table's feature count, for a backbone that takes it and was not given it.
         in_channels: the images' channels, likewise (``SmallCNN``).
-        channels_last: NHWC weights and batches: faster convolutions on tensor-core GPUs under
-            16-bit precision.
+        channels_last: NHWC weights and batches: faster convolutions on tensor-core GPUs (16-bit).
         compile_backbone: ``torch.compile`` the backbone (a dict: its keyword arguments). Costs
             start-up (49 s for the digits CNN's first step on a 2-core CPU): for long GPU runs.
         per_class_accuracy_max_classes: log val/test metrics per class (``acc_per_class``;
