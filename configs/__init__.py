@@ -130,7 +130,6 @@ def instance_hints(cls: type | None) -> dict[str, tuple[Any, str]]:
         annotations = inspect.get_annotations(inspect.unwrap(cls.__init__), eval_str=True)
     except Exception:  # a hint that does not resolve: nothing to say about it
         return {}
-    annotations.pop("return", None)
     found = {}
     for name, hint in annotations.items():
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
