@@ -90,12 +90,9 @@ class OneLineErrorParser(LightningArgumentParser):
 
         fail(parser_error_line(message))
 
-    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
-        # A model asking for an optimizer or schedule object gets one line saying what to write
-        # (jsonargparse cannot check a module hint and would pass the model a Namespace).
-        cfg = super().parse_args(*args, **kwargs)
-        subcommand = cfg.get("subcommand")
-        model = (cfg.get(subcommand) if subcommand else cfg).get("model")
+    def refuse_instance_hints(self, model: Any) -> None:
+        """A model asking for an optimizer or schedule object gets one line saying what to write
+        (jsonargparse cannot check a module hint and would pass the model a Namespace)."""
         class_path = model.get("class_path") if hasattr(model, "get") else None
         hints = instance_hints(loaded_class(class_path)) if class_path else {}
         given = (model.get("init_args") or {}) if hints else {}
@@ -106,7 +103,6 @@ class OneLineErrorParser(LightningArgumentParser):
             if not self.exit_on_error or debug_report_requested():
                 super().error(line)
             fail(line)
-        return cfg
 
 
 def loaded_class(class_path: str) -> type | None:
