@@ -48,11 +48,12 @@ class TemplateCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.init_args.{target}",
                                   apply_on="instantiate")
 
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+    def parse_arguments(self, parser: configs.OneLineErrorParser, args: Any) -> None:
         # LightningCLI's own warns when given both an argv list and sys.argv.
         self.config = parser.parse_args(args)
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else self.config
+        parser.refuse_instance_hints(config.get("model"))
         self.configured_model = (config.get("model") or {}).get("class_path")
         if config.get("ckpt_path"):
             from models.checkpoints import check_ckpt_path

@@ -39,13 +39,10 @@ def chooses_data(argv: list[str]) -> bool:
 
 
 def config_files_in(argv: list[str]) -> list[str]:
-    """The files ``--config`` / ``-c`` name in ``argv``."""
-    files = []
-    for i, token in enumerate(argv):
-        name, eq, value = token.partition("=")
-        if name in ("--config", "-c"):
-            files.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
-    return files
+    """The files ``--config`` / ``-c`` name in ``argv`` (``""`` for one that ends it)."""
+    return [value if eq else following
+            for token, following in zip(argv, [*argv[1:], ""], strict=True)
+            for name, eq, value in [token.partition("=")] if name in ("--config", "-c")]
 
 
 # Short options, rewritten to the full key before parsing: --print_config, the saved config and
@@ -93,12 +90,9 @@ class OneLineErrorParser(LightningArgumentParser):
 
         fail(parser_error_line(message))
 
-    def parse_args(self, *args: Any, **kwargs: Any) -> Any:
-        # A model asking for an optimizer or schedule object gets one line saying what to write
-        # (jsonargparse cannot check a module hint and would pass the model a Namespace).
-        cfg = super().parse_args(*args, **kwargs)
-        subcommand = cfg.get("subcommand")
-        model = (cfg.get(subcommand) if subcommand else cfg).get("model")
+    def refuse_instance_hints(self, model: Any) -> None:
+        """A model asking for an optimizer or schedule object gets one line saying what to write
+        (jsonargparse cannot check a module hint and would pass the model a Namespace)."""
         class_path = model.get("class_path") if hasattr(model, "get") else None
         hints = instance_hints(loaded_class(class_path)) if class_path else {}
         given = (model.get("init_args") or {}) if hints else {}
@@ -109,7 +103,6 @@ class OneLineErrorParser(LightningArgumentParser):
             if not self.exit_on_error or debug_report_requested():
                 super().error(line)
             fail(line)
-        return cfg
 
 
 def loaded_class(class_path: str) -> type | None:
@@ -122,7 +115,7 @@ def loaded_class(class_path: str) -> type | None:
     return found if inspect.isclass(found) else None
 
 
-def instance_hints(cls: type | None) -> dict[str, tuple[str, str]]:
+def instance_hints(cls: type | None) -> dict[str, tuple[Any, str]]:
     """``{parameter: (its hint, the callable type to use)}`` for the parameters of ``cls.__init__``
     whose hints (also inside ``X | None``) ask for an optimizer or LR schedule object, or name
     ``torch.optim`` modules. No config gives such objects (an optimizer needs the parameters, a
@@ -133,15 +126,12 @@ def instance_hints(cls: type | None) -> dict[str, tuple[str, str]]:
         annotations = inspect.get_annotations(inspect.unwrap(cls.__init__), eval_str=True)
     except Exception:  # a hint that does not resolve: nothing to say about it
         return {}
-    annotations.pop("return", None)
     found = {}
     for name, hint in annotations.items():
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         for member in typing.get_args(hint) if union else (hint,):
             if suggestion := _callable_for(member):
-                from configs.messages import public_name
-
-                found[name] = (public_name(member), suggestion)
+                found[name] = (member, suggestion)
                 break
     return found
 

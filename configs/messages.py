@@ -138,8 +138,8 @@ def public_name(hint: Any) -> str:
     return f"{hint.__module__}.{hint.__qualname__}"
 
 
-def instance_hints_message(class_path: str, hints: dict[str, tuple[str, str]]) -> str:
-    asked = " and ".join(f"{name}: {hint}" for name, (hint, _) in hints.items())
+def instance_hints_message(class_path: str, hints: dict[str, tuple[Any, str]]) -> str:
+    asked = " and ".join(f"{name}: {public_name(hint)}" for name, (hint, _) in hints.items())
     use = " and ".join(f"{name}: lightning.pytorch.cli.{suggestion}"
                        for name, (_, suggestion) in hints.items())
     first = next(iter(hints))

@@ -1,8 +1,7 @@
-"""The default LightningModule: a classifier around any ``nn.Module`` backbone, for ``multiclass``
+"""The default LightningModule: a classifier around any ``nn.Module`` backbone for ``multiclass``
 (one class per input: softmax, cross-entropy) and ``multilabel`` (any labels per input: one
-sigmoid and binary cross-entropy per label) data. ``build_backbone``, ``check_task`` and
-``forget_weights_path`` at the bottom are shared with ``models.regressor`` and
-``models.segmenter``."""
+sigmoid and binary cross-entropy per label) data. The functions at the bottom serve
+``models.regressor`` and ``models.segmenter`` too."""
 
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -15,7 +14,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics import classification as tmc
 
-from errors import DataError
 from models import optim
 from models.param_groups import param_groups_weight_decay
 from models.small_cnn import SmallCNN
@@ -44,8 +42,7 @@ class ImageClassifier(LightningModule):
         class_names: the classes' names, for per-class metrics and predictions.
         in_features: a table's feature count, for a backbone that takes it and was not given it.
         in_channels: the images' channels, likewise (``SmallCNN``).
-        channels_last: NHWC weights and batches: faster convolutions on tensor-core GPUs under
-            16-bit precision.
+        channels_last: NHWC weights and batches: faster convolutions on tensor-core GPUs (16-bit).
         compile_backbone: ``torch.compile`` the backbone (a dict: its keyword arguments). Costs
             start-up (49 s for the digits CNN's first step on a 2-core CPU): for long GPU runs.
         per_class_accuracy_max_classes: log val/test metrics per class (``acc_per_class``;
@@ -167,8 +164,12 @@ class ImageClassifier(LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self._shared_step(batch, "train")
         if self.hparams["l1_penalty"]:
-            # The weights trainable now: a fine-tuning callback may have unfrozen more.
-            l1 = self.hparams["l1_penalty"] * sum(p.abs().sum() for p in self._decayed_weights())
+            # The weights trainable now (a fine-tuning callback may have unfrozen more) and
+            # decayed with the bias/norm exclusion on, whatever weight_decay_norm_and_bias says.
+            groups = param_groups_weight_decay(
+                self, optim.no_weight_decay_names(self, self.hparams["no_weight_decay"]))
+            weights = [p for g in groups if "weight_decay" not in g for p in g["params"]]
+            l1 = self.hparams["l1_penalty"] * sum(p.abs().sum() for p in weights)
             self.log("train/l1_step", l1, on_step=True, on_epoch=False)
             loss = loss + l1
         return loss
@@ -192,13 +193,6 @@ class ImageClassifier(LightningModule):
     def on_train_start(self) -> None:
         optim.check_resumed_schedule(self)
 
-    def _decayed_weights(self) -> list[nn.Parameter]:
-        """What the L1 penalty applies to: the weights decayed with the bias/norm exclusion on,
-        whatever ``weight_decay_norm_and_bias`` says."""
-        groups = param_groups_weight_decay(
-            self, optim.no_weight_decay_names(self, self.hparams["no_weight_decay"]))
-        return [p for g in groups if "weight_decay" not in g for p in g["params"]]
-
 
 def build_backbone(factory: Callable[..., nn.Module], outputs: int, *,
                    in_features: int | None = None,
@@ -211,22 +205,12 @@ def build_backbone(factory: Callable[..., nn.Module], outputs: int, *,
                                if value is not None and optim.unset_argument(factory, name)})
 
 
-MODULE_FOR_TASK = {  # the advice when a module is given data of a task it does not learn
-    "multiclass": "models.classifier.ImageClassifier",
-    "multilabel": "models.classifier.ImageClassifier (task: multilabel)",
-    "regression": "models.regressor.Regressor",
-    "segmentation": "models.segmenter.Segmenter",
-    "none": "a LightningModule of your own (task none has no targets to learn)",
-}
-
-
 def check_task(owner: str, task: str, serves: tuple[str, ...]) -> None:
-    """Refuse data of a task ``owner`` does not learn, in one line naming the module to use (a
-    DataError: no traceback through jsonargparse to bury the advice)."""
+    """Refuse data of a task ``owner`` does not learn, in one line naming the module to use."""
     if task not in serves:
-        use = MODULE_FOR_TASK.get(task)
-        advice = f": use {use}" if use else f" (it serves {' and '.join(serves)})"
-        raise DataError(f"{owner} does not learn task {task!r}{advice}")
+        from models.task_advice import wrong_task
+
+        raise wrong_task(owner, task, serves)
 
 
 def forget_weights_path(checkpoint: dict[str, Any]) -> None:

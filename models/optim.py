@@ -13,7 +13,6 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from errors import DataError
 from models.param_groups import param_groups_weight_decay
 
 # The length each schedule was built for, by schedule: not an attribute of the schedule, which a
@@ -70,11 +69,9 @@ def check_resumed_schedule(module: LightningModule) -> None:
         expected = _EXPECTED_TOTAL.get(config.scheduler)
         loaded = getattr(config.scheduler, "total_steps", None)
         if expected is not None and loaded is not None and loaded != expected:
-            raise DataError(
-                f"the checkpoint's {type(config.scheduler).__name__} spans {loaded} steps but "
-                f"this run has {expected} (max_epochs, max_steps, devices, batch size or "
-                "accumulation changed): resume with the original settings, or start a new "
-                "run from its weights (callbacks.initial_weights.InitialWeights)")
+            from models.schedule_length import resumed_length_differs
+
+            raise resumed_length_differs(config.scheduler, loaded, expected)
 
 
 def no_weight_decay_names(module: nn.Module, extra: Iterable[str] = ()) -> list[str]:
@@ -108,10 +105,7 @@ def _total_steps(module: LightningModule, factory: Callable[..., Any],
     trainer = module.trainer
     total = trainer.max_epochs if interval == "epoch" else trainer.estimated_stepping_batches
     if total is None or total == float("inf") or total < 1:
-        # The class behind jsonargparse's partial: its ``func``, or in ``args`` (>= 4.40).
-        wrapped = [factory] if isinstance(factory, type) else [
-            getattr(factory, "func", None), *getattr(factory, "args", ())]
-        name = next((c.__name__ for c in wrapped if isinstance(c, type)), "The scheduler")
-        raise ValueError(f"{name} needs a finite number of steps but training length is "
-                         f"{total}: set trainer.max_epochs or trainer.max_steps.")
+        from models.schedule_length import unknown_length
+
+        raise unknown_length(factory, total)
     return {"total_steps": int(total)}
