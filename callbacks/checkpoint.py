@@ -6,14 +6,10 @@ import time
 from datetime import timedelta
 from typing import Any, Literal
 
-import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-from errors import NonFiniteLossError
 
 _PLACEHOLDER = re.compile(r"\{([^{}:]+)(?::[^{}]*)?\}")  # {name} or {name:format} in a file name
 
@@ -54,10 +50,12 @@ class Checkpoint(ModelCheckpoint):
         super().__init__(monitor=monitor, mode=mode, filename=filename, save_last=False,
                          save_top_k=save_top_k, every_n_epochs=every_n_epochs, **kwargs)
         self.write_last, self.write_on_exception = save_last, save_on_exception
-        self.last_ckpt_every_n_train_steps = every_n_train_steps or 0
-        self.last_ckpt_time_interval = train_time_interval
-        self._last_write_time = time.monotonic()
-        self._write_after_validation = self._checked = False
+        self.step_writes = None  # every N steps or minutes: an option
+        if every_n_train_steps or train_time_interval is not None:
+            from callbacks.step_checkpoints import StepWrites
+
+            self.step_writes = StepWrites(every_n_train_steps or 0, train_time_interval)
+        self._checked = False
         # Nothing to save before a batch trained: a resume would repeat the same failure.
         self._trained_a_batch = False
         self._last_written_step: int | None = None
@@ -91,8 +89,8 @@ class Checkpoint(ModelCheckpoint):
         if fitting and not self._checked:
             self.check_logged_metrics(trainer)
         super().on_validation_end(trainer, pl_module)
-        if fitting and self._write_after_validation:
-            self.write_step_checkpoint(trainer)
+        if fitting and self.step_writes and self.step_writes.after_validation:
+            self.step_writes.write(self, trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._checked and not trainer.enable_validation:
@@ -103,34 +101,15 @@ class Checkpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._last_write_time = time.monotonic()
+        if self.step_writes:
+            self.step_writes.last_write_time = time.monotonic()
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         self._trained_a_batch = True
-        if self.step_write_due(trainer):
-            # Lightning resumes a checkpoint taken between a step and its validation as if that
-            # validation had run (it would be skipped): write once it has run.
-            self._write_after_validation = validation_follows(trainer)
-            if not self._write_after_validation:
-                self.write_step_checkpoint(trainer)
-
-    def write_step_checkpoint(self, trainer: Trainer) -> None:
-        self._write_after_validation = False
-        self.save_last_checkpoint(trainer)
-        self._last_write_time = time.monotonic()
-
-    def step_write_due(self, trainer: Trainer) -> bool:
-        """Whether this step rewrites ``last.ckpt``, alike on every rank (saving is collective);
-        never inside an accumulated step, whose gradients so far a checkpoint does not hold."""
-        if not optimizer_stepped(trainer):
-            return False
-        every, interval = self.last_ckpt_every_n_train_steps, self.last_ckpt_time_interval
-        if every and trainer.global_step % every == 0:
-            return True
-        return interval is not None and bool(trainer.strategy.broadcast(
-            time.monotonic() - self._last_write_time >= interval.total_seconds()))
+        if self.step_writes:
+            self.step_writes.on_train_batch_end(self, trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.save_last_checkpoint(trainer)  # e.g. max_steps reached inside an epoch
@@ -151,49 +130,7 @@ class Checkpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule,
                      exception: BaseException) -> None:
-        if not self.write_on_exception or not self._trained_a_batch or trainer.sanity_checking:
-            return
-        name, latest = type(exception).__name__, self.last_model_path or "no checkpoint"
-        if trainer.validating:
-            # A half-run validation would be resumed as a finished one: keep the checkpoint
-            # from before it, so that a resume runs it again, whole.
-            rank_zero_info(f"{name} during validation: not saving; {latest} is the latest")
-        elif trainer.world_size > 1 and not isinstance(exception, (KeyboardInterrupt,
-                                                                     SIGTERMException)):
-            return  # the other ranks are inside a training step: a collective save would hang
-        elif isinstance(exception, NonFiniteLossError) or not all_finite(pl_module):
-            rank_zero_info(f"{name}: not saving the non-finite state; {latest} is the last "
-                           "good one")
-        elif filepath := self.save_last_checkpoint(trainer):
-            rank_zero_info(f"{name} at step {trainer.global_step}: saved {filepath} (resume "
-                           "with --ckpt_path last)")
+        if self.write_on_exception and self._trained_a_batch and not trainer.sanity_checking:
+            from callbacks.exception_checkpoint import save_on_exception
 
-
-def optimizer_stepped(trainer: Trainer) -> bool:
-    """Whether the training batch that just ended completed an accumulated step."""
-    epoch_loop = trainer.fit_loop.epoch_loop
-    return (epoch_loop.batch_progress.is_last_batch
-            or (epoch_loop.batch_idx + 1) % trainer.accumulate_grad_batches == 0)
-
-
-def validation_follows(trainer: Trainer) -> bool:
-    """Whether Lightning validates right after the training batch that just ended: its own
-    (private) batch-count rule, every ``val_check_interval`` batches in the epochs
-    ``check_val_every_n_epoch`` selects, or when fit is about to stop. A time-based
-    ``val_check_interval`` is not covered."""
-    every = trainer.check_val_every_n_epoch
-    if not trainer.enable_validation or (every is not None and (trainer.current_epoch + 1) % every):
-        return False
-    if trainer.should_stop:
-        return True
-    epoch_loop, interval = trainer.fit_loop.epoch_loop, trainer.val_check_batch
-    if interval is None or interval == float("inf"):
-        return epoch_loop.batch_progress.is_last_batch
-    batches = epoch_loop.total_batch_idx if every is None else epoch_loop.batch_idx
-    return (batches + 1) % interval == 0
-
-
-def all_finite(module: torch.nn.Module) -> bool:
-    """True if every parameter and buffer is finite (worth saving)."""
-    tensors = [*module.parameters(), *module.buffers()]
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+            save_on_exception(self, trainer, pl_module, exception)

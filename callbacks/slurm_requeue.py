@@ -29,7 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.checkpoint import optimizer_stepped, validation_follows
+from callbacks.step_checkpoints import optimizer_stepped, validation_follows
 
 
 def next_hpc_checkpoint(folder: str | Path) -> Path:
