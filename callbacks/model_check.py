@@ -4,7 +4,6 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.nn.parameter import is_lazy
 from torch.utils.data import default_collate
 
@@ -65,9 +64,6 @@ class CheckModelTakesData(Callback):
             return None if dataset is None else default_collate([dataset[0]])
         if datamodule is None or not any(is_lazy(p) for p in pl_module.parameters()):
             return None
-        for hook in (f"{split}_dataloader" for split in splits):
-            if is_overridden(hook, datamodule):  # the loader is started once for it
-                loader = getattr(datamodule, hook)()
-                loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-                return next(iter(loader), None)
-        return None
+        from callbacks.first_loader_batch import first_loader_batch
+
+        return first_loader_batch(datamodule, splits)
