@@ -122,7 +122,13 @@ def test_deleting_an_option_leaves_train_py_working(option: str, tmp_path: Path)
 # it does not take (a checkpoint given, an error, data chosen on the command line, folds).
 NOT_IN_A_DEFAULT_RUN = {"datamodules.tasks.multilabel", "datamodules.tasks.regression",
                         "datamodules.tasks.segmentation", "datamodules.folds",
-                        "models.checkpoints", "configs.messages", "configs.task_defaults"}
+                        "models.checkpoints", "configs.messages", "configs.task_defaults",
+                        "datamodules.optional_samplers", "datamodules.normalise_mismatch",
+                        "datamodules.tasks.continuous_labels", "datamodules.bad_rows",
+                        "datamodules.deterministic_transforms", "datamodules.mixed_sizes",
+                        "datamodules.mask_samples", "models.task_advice",
+                        "models.schedule_length", "callbacks.step_checkpoints",
+                        "callbacks.exception_checkpoint", "callbacks.first_loader_batch"}
 LIST_PROJECT_MODULES = RUN_WITHOUT_THE_EDITABLE_INSTALL.replace(
     'runpy.run_path("train.py", run_name="__main__")',
     'runpy.run_path("train.py", run_name="__main__")\n'
