@@ -39,10 +39,13 @@ def chooses_data(argv: list[str]) -> bool:
 
 
 def config_files_in(argv: list[str]) -> list[str]:
-    """The files ``--config`` / ``-c`` name in ``argv`` (``""`` for one that ends it)."""
-    return [value if eq else following
-            for token, following in zip(argv, [*argv[1:], ""], strict=True)
-            for name, eq, value in [token.partition("=")] if name in ("--config", "-c")]
+    """The files ``--config`` / ``-c`` name in ``argv``."""
+    files = []
+    for i, token in enumerate(argv):
+        name, eq, value = token.partition("=")
+        if name in ("--config", "-c"):
+            files.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
+    return files
 
 
 # Short options, rewritten to the full key before parsing: --print_config, the saved config and
