@@ -73,7 +73,7 @@ class ImageCSVDataset(Dataset):
         self.targets = targets_tensor(targets)
         self.masks = None if masks is None else [str(m) for m in masks]
         if masks is not None:  # segmentation: only its runs import the mask reader
-            from datamodules.mask_samples import mask_sample
+            from datamodules.tasks.segmentation import mask_sample
 
             self.mask_sample = mask_sample
         self.mode = ImageReadMode[read_mode]

@@ -126,9 +126,9 @@ NOT_IN_A_DEFAULT_RUN = {"datamodules.tasks.multilabel", "datamodules.tasks.regre
                         "datamodules.optional_samplers", "datamodules.normalise_mismatch",
                         "datamodules.tasks.continuous_labels", "datamodules.bad_rows",
                         "datamodules.deterministic_transforms", "datamodules.mixed_sizes",
-                        "datamodules.mask_samples", "models.task_advice",
-                        "models.schedule_length", "callbacks.step_checkpoints",
-                        "callbacks.exception_checkpoint", "callbacks.first_loader_batch"}
+                        "models.task_advice", "models.schedule_length",
+                        "callbacks.step_checkpoints", "callbacks.exception_checkpoint",
+                        "callbacks.first_loader_batch"}
 LIST_PROJECT_MODULES = RUN_WITHOUT_THE_EDITABLE_INSTALL.replace(
     'runpy.run_path("train.py", run_name="__main__")',
     'runpy.run_path("train.py", run_name="__main__")\n'

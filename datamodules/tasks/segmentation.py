@@ -6,6 +6,7 @@ the mask files (the functions below), and geometric transforms move image and ma
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 
+from datamodules.samplers import call_with_seed
 from datamodules.tasks import NoTargets
 from datamodules.validation import check_image_file
 from errors import DataError
@@ -34,6 +36,17 @@ class Segmentation(NoTargets):
         """Geometric batch transforms must move the masks with the images."""
         images, masks = transform(images, tv_tensors.Mask(masks))
         return images, masks.as_subclass(Tensor)
+
+
+def mask_sample(dataset: Any, index: int, image: Tensor, seed: int | None
+                ) -> tuple[Tensor, Tensor]:
+    """``(image, mask)`` of an ``ImageCSVDataset`` sample with ``masks``. One transform call on
+    both: v2 moves a ``tv_tensors.Mask`` with the image in geometric transforms (nearest
+    interpolation) and leaves it out of colour and dtype steps."""
+    mask = tv_tensors.Mask(load_mask(dataset.masks[index]))
+    if dataset.transform is not None:
+        image, mask = call_with_seed(dataset.transform, image, mask, seed=seed)
+    return image, mask.as_subclass(Tensor)
 
 
 def load_mask(path: str | Path) -> Tensor:
